@@ -1,0 +1,3 @@
+from hcli.cli import main
+
+main()

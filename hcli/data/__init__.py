@@ -1,0 +1,1 @@
+"""Data preparation and inspection: parquet (hub format) → HDF5 shards + manifest.json."""

@@ -1,0 +1,320 @@
+"""The experiment spec: one nested pydantic tree, `extra="forbid"` everywhere.
+
+Defaults live here, in code. Cross-field rules live in one place (`Spec._cross_field_rules`) and
+their messages say how to fix the value. Fields marked `identity=False` describe *how* a run
+executes, not *what* it computes, and are left out of the run id (see `hcli.identity`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hcli.classes import CLASS_NAMES, DEFAULT_COARSE_GROUPS
+
+__all__ = [
+    "Kind",
+    "KINDS",
+    "IMPLEMENTED_KINDS",
+    "BACKBONES",
+    "DataSpec",
+    "ModelSpec",
+    "TrainSpec",
+    "LossSpec",
+    "SlurmSpec",
+    "MaeSpec",
+    "MetaSpec",
+    "AdaptSpec",
+    "Spec",
+    "backbone_short_name",
+    "resolve_timm_name",
+]
+
+Kind = Literal["probe", "multiclass", "mae", "meta", "adapt"]
+KINDS: tuple[str, ...] = ("probe", "multiclass", "mae", "meta", "adapt")
+IMPLEMENTED_KINDS: tuple[str, ...] = ("probe", "multiclass")
+
+# Short names for the study's three encoder families. MaxViT and Swin are built for the crop
+# size (`img_size=`), so the timm name is resolved together with the crop (resolve_timm_name).
+BACKBONES: dict[str, str] = {
+    "convnext": "convnext_tiny",
+    "swin": "swin_tiny_patch4_window7_224",
+    "maxvit": "maxvit_tiny_tf_224",
+}
+
+
+def _execution_only(**kw: Any) -> Any:
+    """A field that changes how a run executes but not its results: not part of the run id."""
+    return Field(json_schema_extra={"identity": False}, **kw)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSpec(_Section):
+    root: Path = Field(Path("data/artefact"), description="prepared HDF5 folder (hcli data prepare)")
+    crop_size: int = Field(512, gt=0, description="training crop side in pixels (multiple of 32)")
+    protocol: Literal["kfold", "lomo", "lomo-grouped", "locontent"] = "kfold"
+    fold: int = Field(0, ge=0, description="which fold of the protocol is held out")
+    k: int = Field(5, ge=2, description="number of folds for protocol kfold")
+    groups_file: Path | None = Field(
+        None, description="YAML of material groups for lomo-grouped (default: the shipped one)"
+    )
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="share of train kept for validation")
+    min_fold_size: int = Field(10, ge=1, description="test folds smaller than this are flagged")
+    scale_range: tuple[float, float] = Field((0.5, 1.5), description="random rescale before the crop")
+    rare_repeat_threshold: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="repeat-factor sampling threshold t (LVIS); 0 disables oversampling",
+    )
+    eval_window: int | None = Field(
+        None, description="sliding-window side for evaluation (default: crop_size)"
+    )
+    num_workers: int = _execution_only(default=2, ge=0, description="loader worker processes")
+
+    @field_validator("scale_range")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0 < lo <= hi:
+            raise ValueError("must be two numbers 0 < low <= high, e.g. [0.5, 1.5]")
+        return v
+
+
+class ModelSpec(_Section):
+    backbone: str = Field(
+        "convnext", description="convnext | swin | maxvit (the Tiny models) or any timm model name"
+    )
+    encoder_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="passed to timm.create_model (e.g. depths, embed_dim)"
+    )
+    pretrained: bool | Path = Field(
+        False, description="false, true (timm/Hugging Face cache) or a local weights file"
+    )
+    init_from: str | None = Field(
+        None, description="run id or checkpoint file whose encoder initialises this run"
+    )
+    decoder_channels: int = Field(256, gt=0, description="UPerNet channel width")
+    pool_scales: tuple[int, ...] = (1, 2, 3, 6)
+    hierarchical: bool = Field(False, description="add binary and coarse heads")
+    coarse_groups: dict[str, list[str]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_COARSE_GROUPS.items()},
+        description="coarse damage groups: group name -> fine class names (every damage class once)",
+    )
+    grad_checkpointing: bool = False
+
+    @field_validator("coarse_groups")
+    @classmethod
+    def _groups_cover_damage_once(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        damage = set(CLASS_NAMES[1:])
+        seen: dict[str, str] = {}
+        for group, names in v.items():
+            for name in names:
+                if name not in damage:
+                    raise ValueError(
+                        f"group {group!r} names {name!r}, which is not a damage class; "
+                        f"use one of {sorted(damage)}"
+                    )
+                if name in seen:
+                    raise ValueError(f"{name!r} is in both {seen[name]!r} and {group!r}; keep one")
+                seen[name] = group
+        missing = sorted(damage - set(seen))
+        if missing:
+            raise ValueError(f"damage classes in no group: {missing}; add each to one group")
+        return v
+
+
+class TrainSpec(_Section):
+    steps: int = Field(20_000, gt=0, description="optimizer steps in total")
+    batch_size: int = Field(8, gt=0, description="samples per step per process (before accumulation)")
+    accum_steps: int = Field(1, gt=0, description="micro-batches accumulated per optimizer step")
+    lr: float = Field(1e-4, gt=0, description="decoder learning rate")
+    encoder_lr_mult: float = Field(0.1, gt=0, le=1, description="encoder lr = lr * this")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(500, ge=0)
+    schedule: Literal["poly", "cosine"] = "poly"
+    poly_power: float = Field(0.9, gt=0)
+    clip_grad: float | None = Field(1.0, gt=0, description="max gradient norm; null disables")
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    channels_last: bool = False
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    val_every_steps: int = Field(500, gt=0)
+    early_stop_patience: int | None = Field(
+        None, gt=0, description="validations without improvement before stopping; null disables"
+    )
+    early_stop_min_delta: float = Field(0.0, ge=0)
+    checkpoint_every_steps: int = _execution_only(default=500, gt=0)
+    checkpoint_every_min: float = _execution_only(default=10.0, gt=0)
+    keep_checkpoints: int = _execution_only(default=3, ge=1)
+    log_every_steps: int = _execution_only(default=10, gt=0)
+    threads: int | None = _execution_only(default=None, gt=0, description="torch CPU threads")
+    overlays: int = _execution_only(default=4, ge=0, description="prediction overlays saved")
+
+
+class LossSpec(_Section):
+    name: Literal["dice_focal", "ce"] = "dice_focal"
+    dice_weight: float = Field(1.0, ge=0)
+    focal_weight: float = Field(1.0, ge=0)
+    focal_gamma: float = Field(2.0, ge=0)
+    class_weights: Literal["none", "inverse", "inverse_sqrt", "log"] = "none"
+    weight_clip: float = Field(10.0, gt=0, description="class weights are clipped to [1/c, c]")
+    coarse_weight: float = Field(0.3, ge=0, description="auxiliary coarse head loss weight")
+    binary_weight: float = Field(0.2, ge=0, description="auxiliary binary head loss weight")
+
+    @model_validator(mode="after")
+    def _some_term(self) -> LossSpec:
+        if self.name == "dice_focal" and self.dice_weight == 0 and self.focal_weight == 0:
+            raise ValueError("dice_weight and focal_weight are both 0; set one above 0")
+        return self
+
+
+class SlurmSpec(_Section):
+    partition: str | None = None
+    time_min: int = Field(240, gt=0, description="time limit in minutes")
+    nodes: int = Field(1, gt=0)
+    gpus_per_node: int = Field(0, ge=0)
+    tasks_per_node: int | None = Field(
+        None, gt=0, description="default: one task per GPU, else 1"
+    )
+    cpus_per_task: int = Field(4, gt=0)
+    mem_gb: float = Field(32, gt=0)
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    signal_delay_s: int = Field(120, gt=0, description="USR2 this long before the time limit")
+    max_requeues: int = Field(3, ge=0)
+    additional_parameters: dict[str, Any] = Field(default_factory=dict)
+    setup: list[str] = Field(default_factory=list, description="shell lines run before the job")
+    container: Path | None = Field(None, description="Apptainer image (.sif) to run the job in")
+
+    @property
+    def ntasks_per_node(self) -> int:
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
+
+class MaeSpec(_Section):
+    """Masked-image pretraining (filled in by the pretraining issue)."""
+
+    mask_ratio: float = Field(0.6, gt=0, lt=1)
+    patch_size: int = Field(32, gt=0)
+
+
+class MetaSpec(_Section):
+    """First-order MAML over domains (filled in by the meta-learning issue)."""
+
+    domain: Literal["material", "content"] = "material"
+    inner_lr: float = Field(1e-3, gt=0)
+    inner_steps: int = Field(5, gt=0)
+    tasks_per_step: int = Field(4, gt=0)
+
+
+class AdaptSpec(_Section):
+    """Fast adaptation of a meta-trained model to a held-out domain."""
+
+    source_run: str | None = None
+    shots: int = Field(5, gt=0)
+    steps: int = Field(100, gt=0)
+
+
+class Spec(_Section):
+    name: str = _execution_only(default="default", min_length=1)
+    kind: Kind = "multiclass"
+    seed: int = Field(0, ge=0)
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    loss: LossSpec = Field(default_factory=LossSpec)
+    slurm: SlurmSpec = _execution_only(default_factory=SlurmSpec)
+    mae: MaeSpec = Field(default_factory=MaeSpec)
+    meta: MetaSpec = Field(default_factory=MetaSpec)
+    adapt: AdaptSpec = Field(default_factory=AdaptSpec)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> Spec:
+        """Every rule that involves more than one field, in one place."""
+        crop, backbone = self.data.crop_size, self.model.backbone
+        kind = _backbone_family(backbone)
+        if crop % 32:
+            raise ValueError(
+                f"data.crop_size={crop} is not a multiple of 32, which every encoder needs "
+                f"(its output stride); use {_round32(crop)}"
+            )
+        if kind == "maxvit" and (crop // 32) % 1:
+            pass  # MaxViT is built with img_size=crop, so its window is crop/32: any multiple works
+        if kind == "swin":
+            # Swin (patch 4, window 7, 4 stages) pads odd grids but the last stage must hold at
+            # least one window of patches: crop/32 >= 1 holds for any multiple of 32 >= 32.
+            if crop < 64:
+                raise ValueError(f"data.crop_size={crop} is too small for swin; use at least 64")
+        if self.data.eval_window is not None and self.data.eval_window % 32:
+            raise ValueError(
+                f"data.eval_window={self.data.eval_window} is not a multiple of 32; "
+                f"use {_round32(self.data.eval_window)}"
+            )
+        if self.data.protocol == "kfold" and self.data.fold >= self.data.k:
+            raise ValueError(
+                f"data.fold={self.data.fold} but data.k={self.data.k} folds exist; "
+                f"use a fold from 0 to {self.data.k - 1}"
+            )
+        slack_s = self.slurm.signal_delay_s + 60  # the warning, plus a minute to checkpoint
+        if self.slurm.time_min * 60 <= slack_s:
+            raise ValueError(
+                f"slurm.time_min={self.slurm.time_min} leaves no time to train: the job is warned "
+                f"{self.slurm.signal_delay_s} s before the limit and needs ~60 s to checkpoint; "
+                f"raise slurm.time_min above {slack_s // 60 + 1} or lower slurm.signal_delay_s"
+            )
+        if kind == "maxvit" and self.train.batch_size < 2:
+            raise ValueError(
+                "train.batch_size=1 with maxvit, whose BatchNorm layers cannot train on one "
+                "sample; use train.batch_size >= 2"
+            )
+        if self.train.warmup_steps >= self.train.steps and self.train.steps > 1:
+            raise ValueError(
+                f"train.warmup_steps={self.train.warmup_steps} is not below train.steps="
+                f"{self.train.steps}; lower the warmup"
+            )
+        if self.train.amp == "fp16" and self.train.device == "cpu":
+            raise ValueError('train.amp="fp16" needs a GPU; on CPU use train.amp="bf16" or "off"')
+        if self.adapt.source_run is None and self.kind == "adapt":
+            raise ValueError("kind=adapt needs adapt.source_run (the meta-trained run id)")
+        return self
+
+    @property
+    def backbone_short(self) -> str:
+        return backbone_short_name(self.model.backbone)
+
+
+def _round32(n: int) -> int:
+    return max(32, round(n / 32) * 32)
+
+
+def _backbone_family(backbone: str) -> str:
+    name = BACKBONES.get(backbone, backbone)
+    for family in ("convnext", "swin", "maxvit"):
+        if name.startswith(family):
+            return family
+    return "other"
+
+
+def backbone_short_name(backbone: str) -> str:
+    """The backbone as it appears in run ids: short name, or the timm name made path-safe."""
+    if backbone in BACKBONES:
+        return backbone
+    return "".join(c if c.isalnum() else "_" for c in backbone).strip("_")[:40]
+
+
+def resolve_timm_name(backbone: str, crop_size: int) -> tuple[str, dict[str, Any]]:
+    """The timm model name and the kwargs that make it accept `crop_size` inputs."""
+    name = BACKBONES.get(backbone, backbone)
+    family = _backbone_family(backbone)
+    extra: dict[str, Any] = {}
+    if family in ("swin", "maxvit"):
+        # Both fix their attention grid at build time ("Input height doesn't match model").
+        extra["img_size"] = crop_size
+    return name, extra
