@@ -1,9 +1,44 @@
-"""`hcli doctor`: the probe's checks, in this process."""
+"""`hcli doctor`: the probe job's checks, run in this process."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from hcli.cli._common import Json, RunsDir, print_json
+
+__all__ = ["register"]
+
+
+def doctor(
+    data_root: Annotated[Path, typer.Option("--data", help="Prepared data folder to check.")] = Path(
+        "data/artefact"
+    ),
+    json_out: Json = False,
+    runs_dir: RunsDir = None,
+) -> None:
+    """Check this machine: torch/timm/CUDA, GPUs, CPUs, the data folder, the runs root, SLURM."""
+    from hcli.runs import resolve_runs_dir
+    from hcli.scheduler import cluster_available
+    from jobs.probe import environment_report
+
+    report = environment_report(data_root.resolve(), resolve_runs_dir(runs_dir))
+    report["sbatch_on_path"] = cluster_available()
+    if json_out:
+        print_json(report)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, title="hcli doctor", title_justify="left")
+    for key, value in report.items():
+        table.add_row(key, str(value))
+    Console().print(table)
+    if not report["data"]["prepared"]:
+        typer.echo(f"note: no prepared data at {data_root}; run `hcli data synth` + `hcli data prepare`")
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("doctor")(doctor)

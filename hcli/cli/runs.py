@@ -1,9 +1,295 @@
-"""`hcli submit | resume | status | logs | cancel`."""
+"""`hcli submit | resume | status | logs | cancel`: thin wrappers over hcli.launch and hcli.status."""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from hcli.cli._common import ConfigArg, Json, Overrides, RunsDir, echo_err, print_json
+
+__all__ = ["register"]
+
+ClusterOpt = Annotated[bool, typer.Option("--cluster", help="Submit to SLURM (sbatch).")]
+LocalOpt = Annotated[bool, typer.Option("--local", help="Run on this machine (background).")]
+ForegroundOpt = Annotated[
+    bool, typer.Option("--foreground", help="Local, in this process (tests, the demo).")
+]
+
+
+def _mode(cluster: bool, local: bool, foreground: bool) -> str:
+    from hcli.errors import UserError
+    from hcli.scheduler import cluster_available
+
+    if cluster and (local or foreground):
+        raise UserError("--cluster cannot be combined with --local/--foreground; pick one")
+    if foreground:
+        return "foreground"
+    if cluster:
+        if not cluster_available():
+            raise UserError("--cluster: sbatch is not on the PATH; use --local, or load SLURM")
+        return "slurm"
+    if local:
+        return "local"
+    chosen = "slurm" if cluster_available() else "local"
+    echo_err(f"no --cluster/--local given: using {chosen} "
+             f"({'sbatch found on the PATH' if chosen == 'slurm' else 'no sbatch on the PATH'})")
+    return chosen
+
+
+def _split_csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def submit(
+    kind: Annotated[str, typer.Argument(help="probe | multiclass (later: mae, meta, adapt)")],
+    config: ConfigArg = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option("--backbone", "-b", help="convnext | swin | maxvit | a timm name; a,b,c sweeps"),
+    ] = None,
+    override: Overrides = None,
+    cluster: ClusterOpt = False,
+    local: LocalOpt = False,
+    foreground: ForegroundOpt = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show run ids, specs, sbatch; do nothing.")] = False,
+    json_out: Json = False,
+    force: Annotated[bool, typer.Option("--force", help="Start a new attempt of a finished run.")] = False,
+    after: Annotated[
+        str | None, typer.Option("--after", help="Wait for these runs (afterok): RUN_ID[,RUN_ID]")
+    ] = None,
+    max_parallel: Annotated[
+        int | None, typer.Option("--max-parallel", min=1, help="Array/sweep parallelism cap (%N).")
+    ] = None,
+    runs_dir: RunsDir = None,
+) -> None:
+    """Submit a run (or a sweep: --backbone a,b and -o key=v1,v2 expand into a job array).
+
+    Idempotent: a run that already exists and is queued, running or completed is not submitted
+    again. Returns at once for --cluster and --local.
+    """
+    from hcli.errors import UserError
+    from hcli.launch import plan_runs, submit_runs
+    from hcli.runs import resolve_runs_dir
+    from hcli.spec import IMPLEMENTED_KINDS, KINDS
+
+    if kind not in KINDS:
+        raise UserError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
+    if kind not in IMPLEMENTED_KINDS:
+        raise UserError(
+            f"kind {kind!r} is specified (`hcli spec show --kind {kind}`) but has no job yet; "
+            f"runnable kinds: {', '.join(IMPLEMENTED_KINDS)}"
+        )
+    root = resolve_runs_dir(runs_dir)
+    planned = plan_runs(kind, config=config, backbones=_split_csv(backbone), overrides=override)
+    mode = "slurm" if dry_run and not (local or foreground) else _mode(cluster, local, foreground)
+    outcomes = submit_runs(planned, root, mode=mode, dry_run=dry_run, force=force,  # type: ignore[arg-type]
+                           after=_split_csv(after), max_parallel=max_parallel)
+    if json_out:
+        if dry_run and len(outcomes) == 1:
+            o = outcomes[0]
+            print_json({"run_id": o.run_id, "spec": o.spec, "sbatch": o.sbatch})
+        else:
+            print_json([{"run_id": o.run_id, "action": o.action, "state": o.state,
+                         "job_id": o.job_id, "run_dir": str(o.run_dir),
+                         **({"spec": o.spec, "sbatch": o.sbatch} if dry_run else {})}
+                        for o in outcomes])
+    else:
+        _print_outcomes(outcomes, dry_run)
+    if mode == "foreground" and not dry_run:
+        _run_foreground([o for o in outcomes if o.action == "submitted"])
+
+
+def _print_outcomes(outcomes: list, dry_run: bool) -> None:
+    from hcli.spec import spec_to_yaml  # noqa: F401
+
+    for o in outcomes:
+        if dry_run:
+            import yaml
+
+            typer.echo(f"# run id: {o.run_id}  (state: {o.state}; would be {o.run_dir})")
+            typer.echo("# --- resolved spec ---")
+            typer.echo(yaml.safe_dump(o.spec, sort_keys=False, width=100), nl=False)
+            typer.echo("# --- sbatch script ---")
+            typer.echo(o.sbatch)
+        elif o.action == "exists":
+            typer.echo(f"{o.run_id}: already {o.state} (job {o.job_id}); nothing submitted  {o.run_dir}")
+        else:
+            typer.echo(f"{o.run_id}: submitted as job {o.job_id}  {o.run_dir}")
+
+
+def _run_foreground(outcomes: list) -> None:
+    from jobs.entry import JobTarget
+
+    os.environ["HCLI_JOB_ID"] = "foreground"
+    for o in outcomes:
+        echo_err(f"running {o.run_id} in the foreground (Ctrl-C saves a checkpoint and stops)")
+        JobTarget(o.run_dir)()
+
+
+def resume(
+    run: Annotated[str, typer.Argument(help="Run id (or unique prefix, or path).")],
+    cluster: ClusterOpt = False,
+    local: LocalOpt = False,
+    foreground: ForegroundOpt = False,
+    runs_dir: RunsDir = None,
+) -> None:
+    """Continue a stopped, failed or cancelled run from its newest complete checkpoint."""
+    from hcli.launch import resume_run
+    from hcli.runs import resolve_runs_dir
+
+    root = resolve_runs_dir(runs_dir)
+    mode = _mode(cluster, local, foreground)
+    outcome = resume_run(root, run, mode=mode)  # type: ignore[arg-type]
+    typer.echo(f"{outcome.run_id}: resumed as job {outcome.job_id}")
+    if mode == "foreground":
+        _run_foreground([outcome])
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+_STATE_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "REQUEUED": "yellow",
+                "FAILED": "red", "CANCELLED": "magenta", "STALE": "red"}
+
+
+def status(
+    json_out: Json = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh every 5 s until Ctrl-C.")] = False,
+    kind: Annotated[str | None, typer.Option("--kind", help="Only runs of this kind.")] = None,
+    state: Annotated[str | None, typer.Option("--state", help="Only runs in this state.")] = None,
+    runs_dir: RunsDir = None,
+) -> None:
+    """Every run with its state, job, restarts, progress, latest metric, ETA and heartbeat age."""
+    from hcli.runs import resolve_runs_dir
+    from hcli.status import status_rows
+
+    root = resolve_runs_dir(runs_dir)
+    if json_out:
+        print_json(status_rows(root, kind=kind, state=state))
+        return
+    if not watch:
+        _print_status(status_rows(root, kind=kind, state=state), root)
+        return
+    from rich.live import Live
+
+    with Live(_status_table(status_rows(root, kind=kind, state=state), root), refresh_per_second=1) as live:
+        try:
+            while True:
+                time.sleep(5)
+                live.update(_status_table(status_rows(root, kind=kind, state=state), root))
+        except KeyboardInterrupt:
+            pass
+
+
+def _status_table(rows: list[dict], root: Path):  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    table = Table(title=f"runs in {root}", title_justify="left")
+    for col in ("run id", "kind", "backbone", "state", "job", "restarts", "progress", "val mIoU",
+                "ETA", "heartbeat"):
+        table.add_column(col, no_wrap=col in ("run id", "job"))
+    for r in rows:
+        prog = "-"
+        if r["step"] is not None and r["total_steps"]:
+            prog = f"{r['step']}/{r['total_steps']} ({100 * r['progress']:.0f}%)"
+        metric = f"{r['latest_metric']:.3f}" if isinstance(r["latest_metric"], int | float) else "-"
+        style = _STATE_STYLE.get(r["state"], "")
+        table.add_row(r["run_id"], r["kind"] or "-", r["backbone"] or "-",
+                      f"[{style}]{r['state']}[/]" if style else r["state"], r["job_id"] or "-",
+                      str(r["restarts"]), prog, metric, _fmt_duration(r["eta_s"]),
+                      _fmt_duration(r["heartbeat_age_s"]) + (" ago" if r["heartbeat_age_s"] is not None else ""))
+    return table
+
+
+def _print_status(rows: list[dict], root: Path) -> None:
+    if not rows:
+        typer.echo(f"no runs under {root} (submit one: hcli submit multiclass --config quickstart)")
+        return
+    from rich.console import Console
+
+    Console().print(_status_table(rows, root))
+
+
+def logs(
+    run: Annotated[str, typer.Argument(help="Run id (or unique prefix, or path).")],
+    err: Annotated[bool, typer.Option("--err", help="stderr instead of stdout.")] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing as it grows.")] = False,
+    runs_dir: RunsDir = None,
+) -> None:
+    """Print a run's job log (the current job's; SLURM or local)."""
+    from hcli.errors import RunError
+    from hcli.runs import find_run, resolve_runs_dir
+
+    r = find_run(resolve_runs_dir(runs_dir), run)
+    path = _log_path(r, err)
+    if path is None:
+        raise RunError(f"run {r.run_id} has no {'stderr' if err else 'stdout'} log yet; "
+                       "it may still be queued (hcli status)")
+    with open(path, errors="replace") as fh:
+        sys.stdout.write(fh.read())
+        sys.stdout.flush()
+        while follow:
+            chunk = fh.read()
+            if chunk:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+            else:
+                time.sleep(1)
+
+
+def _log_path(run, err: bool) -> Path | None:  # type: ignore[no-untyped-def]
+    state = run.state()
+    jobs = state.get("jobs") or []
+    job = jobs[-1] if jobs else {}
+    key = "stderr" if err else "stdout"
+    candidates = []
+    if job.get(key):
+        candidates.append(Path(job[key]))
+    jid = job.get("job_id", "")
+    suffix = "err" if err else "out"
+    candidates += [run.logs / f"{jid}_0_log.{suffix}", run.logs / f"job.{suffix}"]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def cancel(
+    run: Annotated[str, typer.Argument(help="Run id (or unique prefix, or path).")],
+    runs_dir: RunsDir = None,
+) -> None:
+    """Cancel a run's job; its checkpoints stay, and `hcli resume` continues it later."""
+    from hcli.errors import RunError
+    from hcli.runs import ACTIVE_STATES, find_run, resolve_runs_dir, run_lock
+    from hcli.scheduler import cancel_job
+
+    root = resolve_runs_dir(runs_dir)
+    r = find_run(root, run)
+    with run_lock(root, r.run_id):
+        state = r.state()
+        if state["state"] not in ACTIVE_STATES:
+            raise RunError(f"run {r.run_id} is {state['state']}; there is nothing to cancel")
+        job = r.job_id
+        # Mark first: the job, receiving SIGTERM, reads this and saves without requeueing.
+        r.update_state(state="CANCELLED", message="cancelled by hcli cancel")
+    if job and job != "foreground":
+        cancel_job(job)
+    typer.echo(f"{r.run_id}: cancelled (job {job}); `hcli resume {r.run_id}` continues it")
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("submit")(submit)
+    app.command("resume")(resume)
+    app.command("status")(status)
+    app.command("logs")(logs)
+    app.command("cancel")(cancel)

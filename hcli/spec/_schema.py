@@ -245,13 +245,10 @@ class Spec(_Section):
                 f"data.crop_size={crop} is not a multiple of 32, which every encoder needs "
                 f"(its output stride); use {_round32(crop)}"
             )
-        if kind == "maxvit" and (crop // 32) % 1:
-            pass  # MaxViT is built with img_size=crop, so its window is crop/32: any multiple works
-        if kind == "swin":
-            # Swin (patch 4, window 7, 4 stages) pads odd grids but the last stage must hold at
-            # least one window of patches: crop/32 >= 1 holds for any multiple of 32 >= 32.
-            if crop < 64:
-                raise ValueError(f"data.crop_size={crop} is too small for swin; use at least 64")
+        # MaxViT is built with img_size=crop (window crop/32), so any multiple of 32 fits it.
+        # Swin pads its grids to the window, but below 64 px its last stage holds one patch.
+        if kind == "swin" and crop < 64:
+            raise ValueError(f"data.crop_size={crop} is too small for swin; use at least 64")
         if self.data.eval_window is not None and self.data.eval_window % 32:
             raise ValueError(
                 f"data.eval_window={self.data.eval_window} is not a multiple of 32; "

@@ -1,0 +1,120 @@
+"""Checkpoint stall: how long a periodic checkpoint blocks the training loop.
+
+convnext_tiny (timm, random init) with AdamW state after one step: the training state of the
+multiclass job. Baseline, measured in the same run on the same disk: a plain synchronous
+``torch.save`` of that state. Candidate: ``CheckpointManager.save(blocking=False)`` called at a
+step boundary, i.e. the time until the loop may change the model again (copy to CPU memory; the
+write, fsync and marker happen in a background thread). Goal (issue 4): blocked <= 10 % of sync.
+
+Also printed, for honesty about the background write on a small machine: the write's own
+duration and a training step's time with and without a write in flight.
+
+    .venv/bin/python benchmarks/bench_checkpoint.py [--dir DIR] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import timm
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from jobs.checkpoint import CheckpointManager, capture_rng_state  # noqa: E402
+
+
+def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    loss = model(x).float().logsumexp(dim=1).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", type=Path, default=Path(__file__).resolve().parents[1] / ".bench",
+                    help="folder on the disk to write to (default: REPO/.bench, removed after)")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    model = timm.create_model("convnext_tiny", pretrained=False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    x = torch.randn(1, 3, 64, 64)  # small input: the step only has to mutate the state
+    _train_step(model, opt, x)
+
+    def state(step: int) -> dict:
+        return {
+            "step": step, "epoch": 0, "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": None,
+            "sampler": {"epoch": 0, "position": step, "seed": 0}, "rng": capture_rng_state(),
+            "best_metric": None, "early_stop_counter": 0,
+        }
+
+    n_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    n_bytes += sum(
+        v.numel() * v.element_size()
+        for s in opt.state_dict()["state"].values() for v in s.values() if torch.is_tensor(v)
+    )
+    args.dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        root = Path(tmp)
+
+        # Baseline: plain synchronous torch.save, what a loop without this module would do.
+        sync_s = []
+        for i in range(args.reps + 1):
+            t0 = time.perf_counter()
+            torch.save(state(i), root / f"plain-{i}.pt")
+            dt = time.perf_counter() - t0
+            if i:  # the first write warms the allocator and the page cache
+                sync_s.append(dt)
+            (root / f"plain-{i}.pt").unlink()
+
+        # Candidate: periodic non-blocking saves with training steps in between.
+        mgr = CheckpointManager(root / "ckpt", keep=2)
+        blocked_s, write_s, step_idle_s, step_busy_s = [], [], [], []
+        first_blocked = None
+        for i in range(args.reps + 1):
+            t0 = time.perf_counter()
+            _train_step(model, opt, x)
+            step_idle_s.append(time.perf_counter() - t0)
+            mgr.save(state(i), i, blocking=False)
+            t_saved = time.perf_counter()
+            if i == 0:
+                first_blocked = mgr.last_blocked_s  # allocates the reused copy buffers
+            else:
+                blocked_s.append(mgr.last_blocked_s)
+            # Train while the write runs (as the loop would); the state changes under it.
+            t0 = time.perf_counter()
+            _train_step(model, opt, x)
+            step_busy_s.append(time.perf_counter() - t0)
+            mgr.wait()
+            write_s.append(time.perf_counter() - t_saved)
+        loaded = mgr.load_latest()
+        assert loaded is not None and loaded[0]["step"] == args.reps
+
+    sync = statistics.median(sync_s)
+    blocked = statistics.median(blocked_s)
+    print(f"state: convnext_tiny + AdamW, {n_bytes / 1e6:.0f} MB of tensors; disk: {args.dir}")
+    print(f"plain synchronous torch.save      : {sync * 1e3:8.1f} ms (median of {len(sync_s)})")
+    print(f"non-blocking save, loop blocked   : {blocked * 1e3:8.1f} ms "
+          f"(median of {len(blocked_s)}; first save, allocating buffers: "
+          f"{(first_blocked or 0) * 1e3:.1f} ms)")
+    print(f"ratio blocked / sync              : {blocked / sync:8.3f}  (goal <= 0.10: "
+          f"{'met' if blocked / sync <= 0.10 else 'NOT met'})")
+    print(f"background write incl. fsync+sha  : {statistics.median(write_s) * 1e3:8.1f} ms "
+          "(ends after the step below)")
+    print(f"train step (64 px) idle / during a write: {statistics.median(step_idle_s) * 1e3:.0f}"
+          f" / {statistics.median(step_busy_s) * 1e3:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""submitit's Slurm executor configured from a spec's `slurm` section.
+
+The sbatch script `--dry-run` shows is rendered by the same executor that submits, so what a user
+reads is what the cluster gets (golden-file test in tests/test_launch.py).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from hcli.spec import Spec
+
+__all__ = ["make_executor", "render_sbatch", "slurm_parameters"]
+
+
+def slurm_parameters(spec: Spec, *, job_name: str, dependency: str | None = None) -> dict[str, Any]:
+    s = spec.slurm
+    params: dict[str, Any] = {
+        "job_name": job_name,
+        "time": s.time_min,
+        "nodes": s.nodes,
+        "ntasks_per_node": s.ntasks_per_node,
+        "cpus_per_task": s.cpus_per_task,
+        "mem": f"{s.mem_gb:g}G",
+        "signal_delay_s": s.signal_delay_s,
+        "stderr_to_stdout": False,
+        # Our job saves at a step boundary and only then hands USR2 to submitit, which requeues
+        # it (jobs/runtime.py); SLURM itself must allow requeue for that.
+        "additional_parameters": {"requeue": True, **s.additional_parameters},
+        "setup": list(s.setup),
+    }
+    for key in ("partition", "account", "qos", "constraint"):
+        value = getattr(s, key)
+        if value:
+            params[key] = value
+    if s.gpus_per_node:
+        params["gpus_per_node"] = s.gpus_per_node
+    if dependency:
+        params["additional_parameters"]["dependency"] = dependency
+    return params
+
+
+def _python(spec: Spec, bind: Path) -> str | None:
+    if spec.slurm.container is None:
+        return None
+    # The job runs the container's python, which has hcli installed; the runs root is bound so the
+    # run folder (spec, code snapshot, checkpoints) is visible inside.
+    return " ".join(
+        ["apptainer", "exec", "--nv", "--bind", shlex.quote(str(bind)),
+         shlex.quote(str(spec.slurm.container)), "python3"]
+    )
+
+
+def make_executor(spec: Spec, folder: Path, *, job_name: str, runs_root: Path,
+                  dependency: str | None = None, array_parallelism: int | None = None) -> Any:
+    import submitit
+
+    executor = submitit.SlurmExecutor(
+        folder=folder,
+        max_num_timeout=spec.slurm.max_requeues,
+        python=_python(spec, runs_root) or shlex.quote(sys.executable),
+    )
+    params = slurm_parameters(spec, job_name=job_name, dependency=dependency)
+    if array_parallelism:
+        params["array_parallelism"] = array_parallelism
+    executor.update_parameters(**params)
+    return executor
+
+
+def render_sbatch(spec: Spec, folder: Path, *, job_name: str, runs_root: Path,
+                  dependency: str | None = None) -> str:
+    executor = make_executor(spec, folder, job_name=job_name, runs_root=runs_root,
+                             dependency=dependency)
+    return str(executor._make_submission_file_text(executor._submitit_command_str, "dry-run"))

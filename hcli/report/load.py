@@ -1,0 +1,447 @@
+"""Reading run folders for `hcli collect`, without ever writing to them.
+
+A run may be complete (results.json), still running (only metrics.jsonl / progress.json), failed,
+or missing files; every case gives a `RunRecord`, with what could not be read listed in
+`warnings`. The layout is the contract in docs/run-folder.md.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hcli.classes import CLASS_NAMES
+from hcli.errors import UserError
+
+__all__ = [
+    "AGGREGATED_KEYS",
+    "DEFAULT_RARE_CLASSES",
+    "EXECUTION_ONLY",
+    "RunRecord",
+    "config_key",
+    "discover_runs",
+    "flatten",
+    "load_run",
+    "load_runs",
+    "resolve_run_args",
+]
+
+# Run files whose presence makes a folder a run folder (any one: collect tolerates missing files).
+_RUN_FILES = ("state.json", "spec.yaml", "results.json")
+
+# Fields that change how a run executes, not what it computes (mirrors `identity=False` in
+# hcli/spec/_schema.py, plus `name`); prefixes end with "." or "_" and match by startswith.
+EXECUTION_ONLY: tuple[str, ...] = (
+    "name",
+    "slurm.",
+    "data.num_workers",
+    "train.log_every_steps",
+    "train.checkpoint_every_",
+    "train.keep_checkpoints",
+    "train.threads",
+    "train.overlays",
+)
+# Aggregated over (mean ± std), never ablated.
+AGGREGATED_KEYS: tuple[str, ...] = ("seed", "data.fold")
+# Sections only the named kinds read (as in hcli.identity): elsewhere they are inert defaults.
+_KIND_SECTIONS = {"mae": ("mae",), "meta": ("meta", "adapt"), "adapt": ("adapt",)}
+
+# Fallback when no results.json names its rare classes: the damage classes under 0.1 % of all
+# pixels in ARTeFACT (/work/shared/reference/ARTEFACT.md, "Class imbalance").
+DEFAULT_RARE_CLASSES: tuple[str, ...] = (
+    "Dust", "Hair", "Writing", "Stamp", "Puncture", "Burn marks",
+)
+
+_FAILED_STATES = ("FAILED", "CANCELLED")
+
+
+@dataclass
+class RunRecord:
+    """Everything collect knows about one run folder."""
+
+    path: Path
+    run_id: str
+    kind: str
+    backbone: str
+    state: str
+    spec: dict[str, Any]
+    flat: dict[str, Any]
+    protocol: str | None = None
+    fold: int | None = None
+    seed: int | None = None
+    held_out: str | None = None
+    # "test" (results.json), "val" (last validation line: the run is in progress) or None.
+    source: str | None = None
+    miou: float | None = None
+    binary_miou: float | None = None
+    coarse_miou: float | None = None
+    rare_miou: float | None = None
+    per_class_iou: dict[str, float | None] = field(default_factory=dict)
+    confusion: list[list[float]] | None = None
+    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    rare_classes: list[str] = field(default_factory=list)
+    best_val_miou: float | None = None
+    best_val_step: int | None = None
+    last_val_miou: float | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    node_hours: float | None = None
+    node_hours_source: str | None = None
+    restarts: int = 0
+    requeue_steps: list[int] = field(default_factory=list)
+    train_curve: list[tuple[int, float]] = field(default_factory=list)
+    val_curve: list[tuple[int, float]] = field(default_factory=list)
+    samples: list[tuple[str, Path, Path, Path]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def in_progress(self) -> bool:
+        """No results yet and not failed: the latest validation stands in for the results."""
+        return self.source == "val" and not self.failed
+
+    @property
+    def failed(self) -> bool:
+        return self.state in _FAILED_STATES
+
+    @property
+    def usable(self) -> bool:
+        """Counts in aggregates: has a figure, and a failed run only with its final results."""
+        return self.miou is not None and (self.source == "test" or not self.failed)
+
+    @property
+    def status(self) -> str:
+        if self.in_progress:
+            return f"{self.state} (in progress)"
+        return self.state
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready view (paths as strings, curves and samples left out)."""
+        return {
+            "run_id": self.run_id, "path": str(self.path), "kind": self.kind,
+            "backbone": self.backbone, "state": self.state, "in_progress": self.in_progress,
+            "protocol": self.protocol, "fold": self.fold, "seed": self.seed,
+            "held_out": self.held_out, "source": self.source, "miou": self.miou,
+            "binary_miou": self.binary_miou, "coarse_miou": self.coarse_miou,
+            "rare_miou": self.rare_miou, "per_class_iou": self.per_class_iou,
+            "best_val_miou": self.best_val_miou, "best_val_step": self.best_val_step,
+            "last_val_miou": self.last_val_miou, "step": self.step,
+            "total_steps": self.total_steps, "node_hours": self.node_hours,
+            "node_hours_source": self.node_hours_source, "restarts": self.restarts,
+            "requeue_steps": self.requeue_steps, "warnings": self.warnings,
+        }
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings → dotted keys; lists become tuples so values are hashable."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        if not tree and prefix:
+            out[prefix[:-1]] = ()
+        return out
+    if isinstance(tree, list):
+        return {prefix[:-1]: tuple(_hashable(v) for v in tree)}
+    return {prefix[:-1]: tree}
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+def _execution_only(key: str) -> bool:
+    return any(key == p or (p[-1] in "._" and key.startswith(p)) for p in EXECUTION_ONLY)
+
+
+def config_key(flat: dict[str, Any], drop: tuple[str, ...] = AGGREGATED_KEYS) -> dict[str, Any]:
+    """The fields that define what a run computes, less `drop` (by default seed and fold)."""
+    kind = flat.get("kind")
+    inert = {s for s in ("mae", "meta", "adapt") if s not in _KIND_SECTIONS.get(str(kind), ())}
+    return {
+        k: v for k, v in flat.items()
+        if not _execution_only(k) and k not in drop and k.split(".", 1)[0] not in inert
+    }
+
+
+def _read_json(path: Path, warnings: list[str]) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as exc:
+        warnings.append(f"{path.name} unreadable ({exc.__class__.__name__}); ignored")
+        return None
+
+
+def _time(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_metrics(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    lines: list[dict[str, Any]] = []
+    bad = 0
+    for raw in text.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError:
+            bad += 1  # a line being appended while we read, or a crash mid-write
+            continue
+        if isinstance(obj, dict):
+            lines.append(obj)
+    if bad:
+        warnings.append(f"metrics.jsonl: {bad} unparseable line(s) skipped")
+    return lines
+
+
+def _last_per_step(lines: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+    """After a resume, steps may appear twice; the contract says keep the last one."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for line in lines:
+        if line.get("split") == split and "event" not in line and isinstance(line.get("step"), int):
+            by_step[line["step"]] = line
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _node_hours_from_timestamps(
+    lines: list[dict[str, Any]], state: dict[str, Any], progress: dict[str, Any], nodes: int
+) -> float | None:
+    """Sum of active spans: the log is cut where a job was requeued or a new job submitted.
+
+    A lower bound: the start-up before a job's first log line and queue time are not counted.
+    """
+    submits = sorted(t for j in state.get("jobs") or [] if (t := _time(j.get("submitted_at"))))
+    spans: list[list[datetime]] = [[]]
+    next_submit = 1  # the first submission opens the first span
+    events = [(line, _time(line.get("time"))) for line in lines]
+    beat = _time(progress.get("heartbeat"))
+    if beat is not None:
+        events.append(({}, beat))
+    for line, t in events:
+        if t is None:
+            continue
+        while next_submit < len(submits) and t >= submits[next_submit]:
+            next_submit += 1
+            if spans[-1]:
+                spans.append([])
+        spans[-1].append(t)
+        if line.get("event") == "requeued":
+            spans.append([])
+    seconds = sum((max(s) - min(s)).total_seconds() for s in spans if len(s) > 1)
+    if not any(len(s) > 1 for s in spans):
+        return None
+    return seconds / 3600.0 * nodes
+
+
+def _samples(folder: Path) -> list[tuple[str, Path, Path, Path]]:
+    """`figures/samples/<id>_{image,truth,pred}.png` triplets (docs/run-folder.md)."""
+    found = []
+    for sub in ("samples", "overlays"):
+        base = folder / "figures" / sub
+        for image in sorted(base.glob("*_image.png")):
+            sid = image.name[: -len("_image.png")]
+            truth, pred = base / f"{sid}_truth.png", base / f"{sid}_pred.png"
+            if truth.is_file() and pred.is_file():
+                found.append((sid, image, truth, pred))
+        if found:
+            break
+    return found
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def load_run(folder: Path) -> RunRecord:
+    """Read one run folder; never raises for a damaged folder, lists what was wrong instead."""
+    folder = Path(folder)
+    warnings: list[str] = []
+    spec: dict[str, Any] = {}
+    try:
+        loaded = yaml.safe_load((folder / "spec.yaml").read_text())
+        spec = loaded if isinstance(loaded, dict) else {}
+    except FileNotFoundError:
+        warnings.append("spec.yaml missing: kind, backbone and fold taken from other files")
+    except (OSError, yaml.YAMLError):
+        warnings.append("spec.yaml unreadable; ignored")
+    state = _read_json(folder / "state.json", warnings)
+    if state is None:
+        warnings.append("state.json missing or unreadable: state UNKNOWN")
+    state = state if isinstance(state, dict) else {}
+    progress = _read_json(folder / "progress.json", warnings)
+    progress = progress if isinstance(progress, dict) else {}
+    results = _read_json(folder / "results.json", warnings)
+    results = results if isinstance(results, dict) else None
+    lines = _read_metrics(folder / "metrics.jsonl", warnings)
+    flat = flatten(spec)
+    data, model = spec.get("data") or {}, spec.get("model") or {}
+    res = results or {}
+
+    kind = state.get("kind") or spec.get("kind") or res.get("kind") or "?"
+    backbone = state.get("backbone") or res.get("backbone") or _short(model.get("backbone")) or "?"
+    rec = RunRecord(
+        path=folder.resolve(), run_id=folder.name, kind=str(kind), backbone=str(backbone),
+        state=str(state.get("state") or "UNKNOWN"), spec=spec, flat=flat,
+        protocol=data.get("protocol", res.get("protocol")),
+        fold=data.get("fold", res.get("fold")),
+        seed=spec.get("seed"), held_out=res.get("held_out"), warnings=warnings,
+    )
+
+    # A run without a readable spec still groups by what the other files say.
+    for key, value in (("kind", rec.kind), ("model.backbone", rec.backbone),
+                       ("data.protocol", rec.protocol), ("data.fold", rec.fold),
+                       ("seed", rec.seed)):
+        flat.setdefault(key, value)
+
+    train = _last_per_step(lines, "train")
+    val = _last_per_step(lines, "val")
+    rec.train_curve = [(x["step"], float(x["loss"])) for x in train
+                       if _num(x.get("loss")) is not None]
+    rec.val_curve = [(x["step"], float(x["miou"])) for x in val if _num(x.get("miou")) is not None]
+
+    if rec.val_curve:
+        best = max(rec.val_curve, key=lambda sv: (sv[1], -sv[0]))
+        rec.best_val_step, rec.best_val_miou = best
+        rec.last_val_miou = rec.val_curve[-1][1]
+    elif _num(progress.get("best_val_miou")) is not None:
+        rec.best_val_miou = float(progress["best_val_miou"])
+        rec.best_val_step = progress.get("best_step")
+        rec.last_val_miou = _num((progress.get("latest") or {}).get("val_miou"))
+    val_res = res.get("val") or {}
+    if _num(val_res.get("best_miou")) is not None:
+        rec.best_val_miou = float(val_res["best_miou"])
+        rec.best_val_step = val_res.get("best_step", rec.best_val_step)
+    if _num(val_res.get("last_miou")) is not None:
+        rec.last_val_miou = float(val_res["last_miou"])
+
+    steps = [x["step"] for x in lines if isinstance(x.get("step"), int)]
+    if isinstance(progress.get("step"), int):
+        steps.append(progress["step"])
+    rec.step = max(steps) if steps else res.get("step")
+    rec.total_steps = progress.get("total_steps") or (spec.get("train") or {}).get("steps")
+
+    if results is not None:
+        rec.source = "test"
+        rec.miou = _num(res.get("miou"))
+        rec.binary_miou = _num(res.get("binary_miou"))
+        rec.coarse_miou = _num(res.get("coarse_miou"))
+        rec.rare_miou = _num(res.get("rare_miou"))
+        rec.per_class_iou = dict(res.get("per_class_iou") or {})
+        rec.confusion = res.get("confusion")
+        rec.class_names = list(res.get("class_names") or CLASS_NAMES)
+        rec.rare_classes = list(res.get("rare_classes") or [])
+    elif val:
+        # In progress (or stopped early): the last validation stands in for the final figures.
+        last = val[-1]
+        rec.source = "val"
+        rec.miou = _num(last.get("miou"))
+        rec.binary_miou = _num(last.get("binary_miou"))
+        rec.coarse_miou = _num(last.get("coarse_miou"))
+        rec.rare_miou = _num(last.get("rare_miou"))
+        rec.per_class_iou = dict(last.get("per_class_iou") or {})
+        rec.confusion = last.get("confusion")
+        rec.rare_classes = list(last.get("rare_classes") or [])
+    elif rec.last_val_miou is not None:
+        rec.source = "val"
+        rec.miou = rec.last_val_miou
+    if rec.source is None and rec.state == "COMPLETED":
+        warnings.append("state COMPLETED but no results.json and no validation lines")
+
+    requeues = state.get("requeues") or []
+    rec.restarts = int(state.get("restarts") or len(requeues) or
+                       (res.get("compute") or {}).get("restarts") or 0)
+    steps_rq = {x["step"] for x in lines
+                if x.get("event") == "requeued" and isinstance(x.get("step"), int)}
+    steps_rq |= {r["step"] for r in requeues
+                 if isinstance(r, dict) and isinstance(r.get("step"), int)}
+    rec.requeue_steps = sorted(steps_rq)
+
+    compute = res.get("compute") or {}
+    if _num(compute.get("node_hours")) is not None:
+        rec.node_hours, rec.node_hours_source = float(compute["node_hours"]), "results"
+    else:
+        nodes = int((spec.get("slurm") or {}).get("nodes") or 1)
+        if state.get("executor") not in (None, "slurm"):
+            nodes = 1
+        rec.node_hours = _node_hours_from_timestamps(lines, state, progress, nodes)
+        rec.node_hours_source = "timestamps" if rec.node_hours is not None else None
+    rec.samples = _samples(folder)
+    return rec
+
+
+def _short(backbone: Any) -> str | None:
+    if not backbone:
+        return None
+    from hcli.spec import backbone_short_name
+
+    return backbone_short_name(str(backbone))
+
+
+def _is_run_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / f).is_file() for f in _RUN_FILES)
+
+
+def discover_runs(root: Path) -> list[Path]:
+    """Every run folder directly under the runs root, sorted by name."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        (Path(e.path) for e in os.scandir(root)
+         if not e.name.startswith(".") and _is_run_folder(Path(e.path))),
+        key=lambda p: p.name,
+    )
+
+
+def resolve_run_args(args: list[str], root: Path) -> list[Path]:
+    """Run folders named by paths, globs (from the cwd or the runs root) or run ids/prefixes."""
+    if not args:
+        found = discover_runs(root)
+        if not found:
+            raise UserError(
+                f"no run folders under {root}; pass run folders or globs, or --runs-dir DIR"
+            )
+        return found
+    seen: dict[Path, None] = {}
+    for arg in args:
+        matches: list[Path] = []
+        if glob.has_magic(arg):
+            patterns = [arg] if os.path.isabs(arg) else [arg, str(root / arg)]
+            for pattern in patterns:
+                matches += [Path(m) for m in sorted(glob.glob(pattern)) if _is_run_folder(Path(m))]
+        elif _is_run_folder(Path(arg)):
+            matches = [Path(arg)]
+        elif _is_run_folder(root / arg):
+            matches = [root / arg]
+        else:
+            matches = [p for p in discover_runs(root) if p.name.startswith(arg)]
+        if not matches:
+            raise UserError(
+                f"{arg!r} matches no run folder (looked in the cwd and {root}); give a run "
+                "folder, a glob such as 'runs/multiclass-*', or a run id"
+            )
+        for m in matches:
+            seen.setdefault(m.resolve(), None)
+    return sorted(seen, key=lambda p: (p.name, str(p)))
+
+
+def load_runs(paths: list[Path]) -> list[RunRecord]:
+    return sorted((load_run(p) for p in paths), key=lambda r: (r.run_id, str(r.path)))

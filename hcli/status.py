@@ -1,0 +1,108 @@
+"""Where every run stands: the run folder first, the scheduler as a second witness.
+
+One `squeue` (and one `sacct` for jobs squeue no longer knows) per call, whatever the number of
+runs (submitit #1720: status must not depend on one query per job, nor on sacct alone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hcli.scheduler import job_alive, scheduler_states
+
+__all__ = ["STALE_AFTER_S", "status_rows"]
+
+STALE_AFTER_S = 300.0
+_SCHEDULER_TERMINAL = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+                       "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+
+
+def _read(path: str) -> Any:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _age_s(iso: str | None, now: float) -> float | None:
+    if not iso:
+        return None
+    try:
+        return max(0.0, now - datetime.fromisoformat(iso).timestamp())
+    except ValueError:
+        return None
+
+
+def status_rows(root: Path, *, kind: str | None = None, state: str | None = None,
+                query_scheduler: bool = True) -> list[dict[str, Any]]:
+    import time
+
+    now = time.time()
+    raw: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    if root.is_dir():
+        for entry in sorted(os.scandir(root), key=lambda e: e.name):
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            st = _read(os.path.join(entry.path, "state.json"))
+            if not isinstance(st, dict):
+                continue
+            if kind and st.get("kind") != kind:
+                continue
+            progress = _read(os.path.join(entry.path, "progress.json")) or {}
+            raw.append((entry.path, st, progress))
+    job_ids = [(st.get("jobs") or [{}])[-1].get("job_id") for _, st, _ in raw]
+    witness = scheduler_states([j for j in job_ids if j]) if query_scheduler else {}
+    rows = []
+    for (path, st, progress), job_id in zip(raw, job_ids, strict=True):
+        row = _row(path, st, progress, job_id, witness, now)
+        if state and row["state"] != state.upper():
+            continue
+        rows.append(row)
+    return rows
+
+
+def _row(path: str, st: dict[str, Any], progress: dict[str, Any], job_id: str | None,
+         witness: dict[str, str], now: float) -> dict[str, Any]:
+    recorded = st.get("state", "UNKNOWN")
+    scheduler = witness.get(job_id or "")
+    heartbeat_age = _age_s(progress.get("heartbeat"), now)
+    derived = recorded
+    if recorded in ("RUNNING", "PENDING", "REQUEUED"):
+        alive = job_alive(job_id, witness) if job_id and not job_id.startswith("foreground") else None
+        if scheduler in _SCHEDULER_TERMINAL or (scheduler == "COMPLETED" and recorded != "COMPLETED"):
+            derived = "FAILED" if scheduler != "CANCELLED" else "CANCELLED"
+        elif alive is False and recorded != "PENDING":
+            derived = "FAILED"
+        elif alive is False and recorded == "PENDING" and job_id and job_id.startswith("local-"):
+            derived = "FAILED"
+        elif recorded == "RUNNING" and heartbeat_age is not None and heartbeat_age > STALE_AFTER_S \
+                and alive is not True:
+            derived = "STALE"
+        elif scheduler == "PENDING" and recorded == "REQUEUED":
+            derived = "REQUEUED"
+    step, total = progress.get("step"), progress.get("total_steps")
+    latest = progress.get("latest") or {}
+    return {
+        "run_id": st.get("run_id", os.path.basename(path)),
+        "kind": st.get("kind"),
+        "backbone": st.get("backbone"),
+        "name": st.get("name"),
+        "state": derived,
+        "recorded_state": recorded,
+        "scheduler_state": scheduler,
+        "job_id": job_id,
+        "restarts": st.get("restarts", 0),
+        "step": step,
+        "total_steps": total,
+        "progress": (step / total) if step is not None and total else None,
+        "latest_metric": latest.get("val_miou", latest.get("miou")),
+        "eta_s": progress.get("eta_s") if derived == "RUNNING" else None,
+        "heartbeat_age_s": heartbeat_age,
+        "message": st.get("message"),
+        "path": path,
+    }
