@@ -48,10 +48,20 @@ def scheduler_states(job_ids: Iterable[str]) -> dict[str, str]:
     return states
 
 
-def job_alive(job_id: str | None, scheduler: dict[str, str] | None = None) -> bool | None:
-    """True/False when known; None when nobody can tell (no scheduler answers)."""
-    if not job_id or job_id == "foreground":
+def job_alive(job_id: str | None, scheduler: dict[str, str] | None = None,
+              state: dict | None = None) -> bool | None:
+    """True/False when known; None when nobody can tell (no scheduler answers).
+
+    A foreground run is judged by the pid and host its job recorded in state.json.
+    """
+    if not job_id:
         return None
+    if job_id == "foreground":
+        import socket
+
+        if not state or not state.get("pid") or state.get("host") != socket.gethostname():
+            return None
+        job_id = f"local-{state['pid']}"
     if job_id.startswith("local-"):
         try:
             pid = int(job_id.split("-", 1)[1])

@@ -73,7 +73,7 @@ def _row(path: str, st: dict[str, Any], progress: dict[str, Any], job_id: str | 
     heartbeat_age = _age_s(progress.get("heartbeat"), now)
     derived = recorded
     if recorded in ("RUNNING", "PENDING", "REQUEUED"):
-        alive = job_alive(job_id, witness) if job_id and not job_id.startswith("foreground") else None
+        alive = job_alive(job_id, witness, st)
         if scheduler in _SCHEDULER_TERMINAL or (scheduler == "COMPLETED" and recorded != "COMPLETED"):
             derived = "FAILED" if scheduler != "CANCELLED" else "CANCELLED"
         elif alive is False and recorded != "PENDING":

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -113,7 +113,7 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None)
     if not info.distributed:
         return info
     if dist.is_initialized():
-        return DistInfo(**{**info.__dict__, "backend": dist.get_backend()})
+        return replace(info, backend=dist.get_backend())
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(info.device)
@@ -134,7 +134,7 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None)
         world_size=info.world_size,
         **kwargs,
     )
-    return DistInfo(**{**info.__dict__, "backend": backend})
+    return replace(info, backend=backend)
 
 
 def is_distributed() -> bool:

@@ -20,11 +20,15 @@ _OWN_PACKAGES = ("hcli", "jobs")
 class JobTarget:
     """`JobTarget(run_dir)()` runs the run's job; `checkpoint()` is submitit's requeue hook."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, *, use_snapshot: bool = True) -> None:
         self.run_dir = str(run_dir)
+        # In-process (--foreground) runs keep the caller's modules: swapping them would give the
+        # job's exceptions classes the CLI edge no longer recognises.
+        self.use_snapshot = use_snapshot
 
     def __call__(self) -> Any:
-        _use_snapshot(Path(self.run_dir) / "code")
+        if self.use_snapshot:
+            _use_snapshot(Path(self.run_dir) / "code")
         runtime = importlib.import_module("jobs.runtime")
         return runtime.run_job(Path(self.run_dir))
 

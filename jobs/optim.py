@@ -13,10 +13,11 @@ __all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
 
 def lr_factor(step: int, train: TrainSpec) -> float:
     """Linear warmup to 1, then poly (power `poly_power`) or cosine decay to 0 at `steps`."""
-    if train.warmup_steps and step < train.warmup_steps:
-        return (step + 1) / train.warmup_steps
-    span = max(1, train.steps - train.warmup_steps)
-    progress = min(1.0, (step - train.warmup_steps) / span)
+    warmup = train.warmup
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, train.steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
     if train.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
     return (1 - progress) ** train.poly_power

@@ -1,4 +1,4 @@
-"""jobs.checkpoint: exact resume, atomicity, damaged-checkpoint fallback, retention, copy semantics."""
+"""jobs.checkpoint: exact resume, atomicity, damaged-file fallback, retention, copy semantics."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import random
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from jobs.checkpoint import (
 )
 
 
-def _build(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def _build(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
     torch.manual_seed(seed)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.3),
@@ -163,7 +164,9 @@ def test_interrupted_write_is_ignored(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("damage", ["truncated", "wrong_sha", "marker_missing", "bad_zip"])
+@pytest.mark.parametrize(
+    "damage", ["truncated", "wrong_sha", "marker_missing", "marker_garbage", "bad_zip"]
+)
 def test_damaged_newest_falls_back_with_warning(tmp_path: Path, damage: str) -> None:
     mgr = CheckpointManager(tmp_path, keep=3)
     _save_steps(mgr, [10, 20])
@@ -176,6 +179,8 @@ def test_damaged_newest_falls_back_with_warning(tmp_path: Path, damage: str) -> 
         newest.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
     elif damage == "marker_missing":
         marker.unlink()
+    elif damage == "marker_garbage":
+        marker.write_bytes(b"\xff\xfe\x00 not json")
     else:  # bytes the marker vouches for, but not a loadable checkpoint
         garbage = b"x" * 100
         newest.write_bytes(garbage)
@@ -240,3 +245,25 @@ def test_only_rank_zero_writes(tmp_path: Path) -> None:
     assert mgr.save({"w": torch.zeros(2)}, 1) is None
     mgr.wait()
     assert not any(tmp_path.iterdir())
+
+
+def test_snapshot_copies_every_kind_of_tensor(tmp_path: Path) -> None:
+    state = {
+        "noncontig": torch.randn(5, 4).t(), "scalar": torch.tensor(3.5),
+        "bf16": torch.randn(7).to(torch.bfloat16), "int": torch.arange(6),
+        "bool": torch.tensor([True, False]), "empty": torch.zeros(0, 3),
+        "sparse": torch.eye(3).to_sparse(), "np": np.ones(2, dtype=np.float32),
+    }
+    expect = {k: (v.clone() if torch.is_tensor(v) else torch.from_numpy(v.copy()))
+              for k, v in state.items()}
+    mgr = CheckpointManager(tmp_path, keep=1, copy_threads=3)
+    for _ in range(2):  # second pass goes through the reused buffers
+        snap = mgr.snapshot(state)
+        for v in state.values():
+            if torch.is_tensor(v) and v.layout is torch.strided:
+                v.add_(1) if v.dtype != torch.bool else v.logical_not_()
+        for k, v in snap.items():
+            assert v.dtype == expect[k].dtype and torch.equal(v.to_dense(), expect[k].to_dense()), k
+        expect = {k: (v.clone() if torch.is_tensor(v) else torch.from_numpy(v.copy()))
+                  for k, v in state.items()}
+    mgr.close()

@@ -324,6 +324,19 @@ def test_qualitative_grid_uses_artefact_colours(study: dict[str, Any]) -> None:
     assert (0x5A, 0x00, 0x07) in colours  # 255 → Background colour
 
 
+def test_palette_masks_keep_their_ids() -> None:
+    from hcli.report.figures import _colour_mask
+
+    ids = np.array([[0, 10], [255, 3]], np.uint8)
+    p = Image.fromarray(ids, mode="L").convert("P")  # P image whose indices are the class ids
+    p.putpalette([7] * 768)  # a palette unrelated to ARTeFACT's must not matter
+    p.putdata(ids.reshape(-1).tolist())
+    rgb = _colour_mask(p)
+    assert rgb[0, 1].tolist() == [0x63, 0xFF, 0xAC]  # Staining
+    assert rgb[1, 0].tolist() == [0x5A, 0x00, 0x07]  # Background
+    assert rgb[1, 1].tolist() == [0xFF, 0x4A, 0x46]  # Dust
+
+
 def test_confusion_is_row_normalised() -> None:
     from hcli.report.figures import mean_confusion
     from hcli.report.load import RunRecord
@@ -337,10 +350,27 @@ def test_confusion_is_row_normalised() -> None:
     a[0, 0], a[0, 1] = 3, 1
     b = np.zeros((n, n))
     b[0, 0] = 1
-    m = mean_confusion([rec(a.tolist()), rec(b.tolist())])
-    assert m is not None
+    mean = mean_confusion([rec(a.tolist()), rec(b.tolist()), rec(None)])  # type: ignore[arg-type]
+    assert mean is not None
+    m, n_runs = mean
+    assert n_runs == 2
     assert m[0, 0] == pytest.approx((0.75 + 1.0) / 2) and m[0, 1] == pytest.approx(0.125)
     assert np.isnan(m[1]).all()  # a class that never occurs: no row
+
+
+def test_node_hours_split_at_job_submissions(tmp_path: Path) -> None:
+    lines = [{"step": s, "time": _t(m), "split": "train", "loss": 1.0}
+             for s, m in ((10, 5), (20, 20), (30, 70), (40, 100))]
+    folder = make_run(tmp_path, "multiclass-convnext-j", metrics=lines,
+                      extra={"slurm.nodes": 2})
+    state = json.loads((folder / "state.json").read_text())
+    state["executor"] = "local"  # one machine, whatever slurm.nodes says
+    state["jobs"] = [{"job_id": "local-1", "submitted_at": _t(0)},
+                     {"job_id": "local-2", "submitted_at": _t(60)}]
+    (folder / "state.json").write_text(json.dumps(state))
+    rec = load_run(folder)
+    assert rec.node_hours == pytest.approx((15 + 30) / 60)  # the 40 idle minutes do not count
+    assert rec.source is None and rec.step == 40
 
 
 def test_missing_files_tolerated(tmp_path: Path) -> None:
@@ -369,7 +399,8 @@ def test_bad_inputs_raise_user_errors(tmp_path: Path) -> None:
         collect([run], tmp_path / "out", {"md"}, "train.nonsense")
 
 
-def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                        monkeypatch: pytest.MonkeyPatch) -> None:
     from hcli.cli import main
 
     root = tmp_path / "runs"
@@ -398,6 +429,15 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert exc.value.code in (0, None)
     assert "report.md" in capsys.readouterr().out
     assert "multiclass-convnext-a" not in (tmp_path / "rep2" / "report.md").read_text()
+
+    # Default output folder: reports/<timestamp>/ under the cwd.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["collect", "multiclass-convnext-a", "--runs-dir", str(root), "--format", "json"])
+    assert exc.value.code in (0, None)
+    capsys.readouterr()
+    made = list((tmp_path / "reports").glob("*/report.json"))
+    assert len(made) == 1 and (made[0].parent / "report.md").is_file()
 
     for argv, needle in ((["--format", "xls"], "xls"), (["nothing-*"], "matches no run")):
         with pytest.raises(SystemExit) as exc:

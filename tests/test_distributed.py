@@ -1,4 +1,4 @@
-"""jobs.distributed: environment detection and a real two-process gloo group set up as SLURM would."""
+"""jobs.distributed: detection, and a real two-process gloo group set up as SLURM would."""
 
 from __future__ import annotations
 

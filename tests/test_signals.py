@@ -157,7 +157,9 @@ def test_slurm_job_id_names_the_array_task(monkeypatch) -> None:
 def test_requeue_self_calls_scontrol(tmp_path: Path, monkeypatch) -> None:
     log = tmp_path / "calls"
     fake = tmp_path / "scontrol"
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n[ "$2" != "bad" ] || {{ echo nope >&2; exit 1; }}\n')
+    fake.write_text(
+        f'#!/bin/sh\necho "$@" >> {log}\n[ "$2" != "bad" ] || {{ echo nope >&2; exit 1; }}\n'
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     monkeypatch.setenv("SLURM_JOB_ID", "105")

@@ -41,6 +41,7 @@ def register(app: typer.Typer) -> None:
         runs: Annotated[
             list[str] | None,
             typer.Argument(
+                metavar="[RUN_OR_GLOB]...",
                 help="Run folders, globs ('runs/multiclass-*') or run ids (default: every run "
                 "under the runs root).",
                 show_default=False,
@@ -70,7 +71,7 @@ def register(app: typer.Typer) -> None:
             return
         from rich.console import Console
 
-        console = Console()
+        console = Console(soft_wrap=True)
         n_fig = sum(p.suffix == ".png" for p in result.files)
         partial = sum(r.in_progress for r in result.runs)
         console.print(

@@ -157,8 +157,14 @@ def _print_stats(summary: dict) -> None:
 def _fold_table(protocol: str, folds: list[dict]) -> object:
     from rich.table import Table
 
-    t = Table(title=f"protocol {protocol}", title_justify="left")
-    for col in ("fold", "held out", "train", "val", "test", "missing in train", "missing in test",
+    from hcli.classes import CLASS_NAMES
+
+    def ids(names: list[str]) -> str:
+        # Class ids keep the table narrow; the class table and --json give the names.
+        return " ".join(str(CLASS_NAMES.index(n)) for n in names) or "-"
+
+    t = Table(title=f"protocol {protocol} (missing: class ids)", title_justify="left")
+    for col in ("fold", "held out", "train", "val", "test", "miss train", "miss test",
                 "flags"):
         t.add_column(
             col,
@@ -172,8 +178,8 @@ def _fold_table(protocol: str, folds: list[dict]) -> object:
             str(f["train"]),
             str(f["val"]),
             str(f["test"]),
-            ", ".join(f["missing_in_train"]) or "-",
-            ", ".join(f["missing_in_test"]) or "-",
+            ids(f["missing_in_train"]),
+            ids(f["missing_in_test"]),
             ", ".join(f["flags"]) or "ok",
             style="yellow" if f["flags"] else None,
         )

@@ -128,7 +128,7 @@ def _run_foreground(outcomes: list) -> None:
     os.environ["HCLI_JOB_ID"] = "foreground"
     for o in outcomes:
         echo_err(f"running {o.run_id} in the foreground (Ctrl-C saves a checkpoint and stops)")
-        JobTarget(o.run_dir)()
+        JobTarget(o.run_dir, use_snapshot=False)()
 
 
 def resume(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -39,15 +40,20 @@ class RowError(ValueError):
     """A row that cannot be used; the message is the reason recorded in the manifest."""
 
 
-def open_image(data: bytes | None, what: str) -> Image.Image:
-    """Open (header only, lazily decoded) and check the pixel count before anything is decoded."""
-    if not data:
+def open_image(data: bytes | BinaryIO | None, what: str) -> Image.Image:
+    """Open (header only, lazily decoded) and check the pixel count before anything is decoded.
+
+    `data` is encoded bytes or a seekable file-like object over them (e.g. a pyarrow
+    BufferReader, which avoids copying a large encoded image out of arrow's memory).
+    """
+    if data is None or (isinstance(data, bytes | bytearray) and not data):
         raise RowError(f"{what} has no bytes")
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            fp = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+            im = Image.open(fp)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise RowError(f"{what} is larger than {MAX_PIXELS // 10**6} megapixels") from None
     except Exception as exc:  # PIL raises many types for bad bytes
@@ -81,7 +87,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 def decode_rgb(
-    data: bytes | Image.Image | None, max_side: int
+    data: bytes | BinaryIO | Image.Image | None, max_side: int
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode an image to (H, W, 3) uint8 with the long side ≤ max_side; return it and (H, W).
 
@@ -115,8 +121,15 @@ def decode_rgb(
 _MASK_MODES = ("L", "P", "1", "I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def decode_mask(data: bytes | Image.Image | None) -> np.ndarray:
-    """Decode a one-channel label mask to (H, W) uint8 class ids; reject other labels."""
+def decode_mask(
+    data: bytes | BinaryIO | Image.Image | None, size: tuple[int, int] | None = None
+) -> tuple[list[int], np.ndarray]:
+    """Decode a one-channel label mask: (class pixel counts at full size, (H, W) uint8 ids).
+
+    With `size` (width, height) the mask is resized with nearest-neighbour first. For 'L' and 'P'
+    masks the full-size counts come from PIL's histogram and the full-size mask never becomes a
+    numpy array, so a 100-MP mask costs one decoded copy.
+    """
     im = data if isinstance(data, Image.Image) else open_image(data, "annotation")
     if im.mode not in _MASK_MODES:
         raise RowError(
@@ -125,9 +138,20 @@ def decode_mask(data: bytes | Image.Image | None) -> np.ndarray:
         )
     try:
         im.load()
-        a = np.asarray(im)  # 'P' gives palette indices: those are the ids
     except Exception as exc:
         raise RowError(f"annotation cannot be decoded ({type(exc).__name__}: {exc})") from None
+    if im.mode in ("L", "P"):  # 'P' pixels are palette indices: those are the ids
+        counts = _valid_counts(np.asarray(im.histogram()[:256]))
+    else:
+        im = Image.fromarray(_ids_array(im))
+        counts = _valid_counts(np.asarray(im.histogram()))
+    if size is not None and im.size != size:
+        im = im.resize(size, Image.Resampling.NEAREST)
+    return counts, np.asarray(im)
+
+
+def _ids_array(im: Image.Image) -> np.ndarray:
+    a = np.asarray(im)
     if a.dtype == bool:
         a = a.astype(np.uint8)
     elif a.dtype != np.uint8:
@@ -140,7 +164,15 @@ def decode_mask(data: bytes | Image.Image | None) -> np.ndarray:
 
 def class_pixels(mask: np.ndarray) -> list[int]:
     """17 counts: ids 0..15, then 255. Raises RowError on any other label."""
-    counts = np.bincount(mask.ravel(), minlength=256)
+    counts = np.zeros(256, np.int64)
+    flat = mask.reshape(-1)
+    step = 1 << 22  # bincount widens to int64: count in slices to bound that copy
+    for i in range(0, flat.size, step):
+        counts += np.bincount(flat[i : i + step], minlength=256)
+    return _valid_counts(counts)
+
+
+def _valid_counts(counts: np.ndarray) -> list[int]:
     bad = np.flatnonzero((counts > 0) & ~_VALID)
     if bad.size:
         raise RowError(

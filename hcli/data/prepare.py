@@ -30,7 +30,6 @@ from hcli.data.imageio import (
     decode_mask,
     decode_rgb,
     open_image,
-    resize_mask,
     target_size,
 )
 from hcli.data.manifest import (
@@ -171,11 +170,13 @@ def resolve_source(source: str) -> tuple[str, list[SourceShard]]:
             shards.append(SourceShard(i, rel, key, path=str(f)))
         return str(root), shards
     if path.exists():
-        raise DataError(f"--source {source} is a file; pass the folder that holds the parquet files")
+        raise DataError(
+            f"--source {source} is a file; pass the folder that holds the parquet files"
+        )
     if not _HUB_ID.fullmatch(source) or source.startswith((".", "~", "/")):
         raise DataError(f"--source {source}: no such folder (and not a hub id like owner/name)")
     ds = _load_hub(source)
-    n = int(getattr(ds, "num_shards", None) or getattr(ds, "n_shards", 1))
+    n = int(getattr(ds, "num_shards", None) or getattr(ds, "n_shards", None) or 1)
     shards = [
         SourceShard(i, f"{source}#{i}", {"name": f"{source}#{i}", "of": n}, hub_id=source,
                     hub_shards=n)
@@ -194,7 +195,7 @@ def _iter_rows(src: SourceShard) -> Iterator[tuple[int, dict[str, Any]]]:
         pf = pq.ParquetFile(src.path, buffer_size=1 << 20, pre_buffer=False)
         try:
             for i, batch in enumerate(pf.iter_batches(batch_size=1, columns=cols)):
-                row = batch.to_pylist()[0]
+                row = {c: _cell(batch.column(c)) for c in cols}
                 del batch
                 yield i, row
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
@@ -221,10 +222,35 @@ class _Row:
     counts_orig: list[int]
 
 
-def _blob(cell: Any) -> bytes | None:
+def _cell(arr: Any) -> Any:
+    """The value of a one-row arrow column; image structs become readers over arrow's memory.
+
+    Not `to_pylist()` or scalars: both copy the encoded image (150 MB for the largest ARTeFACT
+    PNG), which matters when the budget is one decoded image.
+    """
+    import pyarrow as pa
+
+    if arr.null_count:
+        return None
+    if pa.types.is_struct(arr.type):
+        arr = arr.field("bytes") if arr.type.get_field_index("bytes") >= 0 else None
+        if arr is None or arr.null_count:
+            return None
+    if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+        _, offsets, data = arr.buffers()
+        width = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+        start, end = np.frombuffer(offsets, dtype=width)[arr.offset : arr.offset + 2].tolist()
+        return pa.BufferReader(data.slice(start, end - start))
+    return arr[0].as_py()
+
+
+def _blob(cell: Any) -> Any:
+    """Encoded bytes, or a file-like reader over them, or None."""
     if isinstance(cell, dict):
-        return cell.get("bytes")
-    return cell if isinstance(cell, bytes | bytearray) else None
+        cell = cell.get("bytes")
+    if isinstance(cell, bytes | bytearray):
+        return bytes(cell)
+    return cell if hasattr(cell, "read") else None
 
 
 def _process_row(row: dict[str, Any], max_side: int) -> _Row:
@@ -246,11 +272,8 @@ def _process_row(row: dict[str, Any], max_side: int) -> _Row:
     w, h = im.size
     tw, th = target_size(w, h, max_side)
     # mask first: a bad label is found before the expensive image decode
-    full = decode_mask(mk)
+    counts_orig, mask = decode_mask(mk, (tw, th))
     del mk
-    counts_orig = class_pixels(full)
-    mask = resize_mask(full, (tw, th))
-    del full
     counts = class_pixels(mask)
     image, _ = decode_rgb(im, max_side)
     return _Row(sid, image, np.ascontiguousarray(mask), str(material), str(content),

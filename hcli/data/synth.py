@@ -166,7 +166,9 @@ def shard_name(index: int, total: int) -> str:
 def write_parquet_shard(rows: list[dict[str, Any]], path: Path) -> None:
     """Write rows in the hub schema through `datasets` (atomic: temporary file, then rename)."""
     from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar
 
+    disable_progress_bar()
     ds = Dataset.from_dict({c: [r[c] for r in rows] for c in HUB_COLUMNS}, features=hub_features())
     tmp = path.with_name(f".{path.name}.tmp")
     ds.to_parquet(str(tmp))
@@ -195,9 +197,6 @@ def synthesize(
             f"{data} already holds other parquet files ({foreign[0]}, ...); "
             "pass an empty --out or delete them, so the dataset is not a mixture"
         )
-    from datasets.utils.logging import disable_progress_bar
-
-    disable_progress_bar()
     bounds = np.linspace(0, n, total + 1).round().astype(int)
     paths = []
     for i in range(total):

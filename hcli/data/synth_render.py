@@ -103,7 +103,6 @@ def _weave(h: int, w: int, period: float) -> np.ndarray:
 def render_substrate(rng: Rng, material: str, content: str, h: int, w: int) -> np.ndarray:
     grain = rng.standard_normal((h, w), dtype=F32)
     low = smooth_noise(rng, h, w, max(h, w) / 3)
-    base: np.ndarray
     if material == "Paper":
         tint = np.array([0.93, 0.9, 0.8], F32) + rng.normal(0, 0.02, 3).astype(F32)
         fib = np.asarray(
@@ -221,8 +220,10 @@ def render_content(rng: Rng, img: np.ndarray, material: str, content: str) -> No
             col = tuple(int(c) for c in rng.integers(40, 230, 3))
             cx, cy = rng.uniform(0, w), rng.uniform(0, h)
             r = rng.uniform(0.08, 0.3) * s
-            pts = [(cx + r * np.cos(a) * rng.uniform(0.6, 1.2), cy + r * np.sin(a) * rng.uniform(0.6, 1.2))
-                   for a in np.linspace(0, 2 * np.pi, 9)[:-1]]
+            angles = np.linspace(0, 2 * np.pi, 9)[:-1]
+            radii = r * rng.uniform(0.6, 1.2, (8, 2))
+            pts = list(zip((cx + radii[:, 0] * np.cos(angles)).tolist(),
+                           (cy + radii[:, 1] * np.sin(angles)).tolist(), strict=True))
             draw.polygon(pts, fill=col, outline=(60, 40, 30), width=max(1, int(s / 150)))
         # soft edges like brushwork: down- and up-sample
         layer = layer.resize((max(1, w // 3), max(1, h // 3)), Image.Resampling.BILINEAR).resize(
@@ -463,8 +464,8 @@ def _sticker(rng: Rng, img, mask, material: str, area: float) -> None:
     cy, cx = _rand_point(rng, h, w, 0.1)
     a = rng.normal(0, 0.15)
     c, s_ = np.cos(a), np.sin(a)
-    corners = [(cx + c * dx - s_ * dy, cy + s_ * dx + c * dy)
-               for dx, dy in ((-ww / 2, -hh / 2), (ww / 2, -hh / 2), (ww / 2, hh / 2), (-ww / 2, hh / 2))]
+    half = ((-ww / 2, -hh / 2), (ww / 2, -hh / 2), (ww / 2, hh / 2), (-ww / 2, hh / 2))
+    corners = [(cx + c * dx - s_ * dy, cy + s_ * dx + c * dy) for dx, dy in half]
     draw.polygon(corners, fill=255)
     region = _mask_of(im)
     paper = np.array([0.98, 0.96, 0.82] if rng.random() < 0.5 else [0.97, 0.97, 0.97], F32)

@@ -205,7 +205,7 @@ def resume_run(root: Path, ref: str, *, mode: Mode) -> SubmitOutcome:
         current = state["state"]
         if current == "COMPLETED":
             raise RunError(f"run {run.run_id} is COMPLETED; use `hcli submit ... --force` to redo it")
-        if current in ACTIVE_STATES and job_alive(run.job_id) is not False:
+        if current in ACTIVE_STATES and job_alive(run.job_id, state=state) is not False:
             raise RunError(
                 f"run {run.run_id} is {current} (job {run.job_id}); cancel it first "
                 f"(hcli cancel {run.run_id}) or wait for it"

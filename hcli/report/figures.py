@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hcli.classes import BACKGROUND_COLOUR, CLASS_NAMES, IGNORE_INDEX, palette
+from hcli.classes import BACKGROUND_COLOUR, CLASS_COLOURS, CLASS_NAMES, IGNORE_INDEX, palette
 
 if TYPE_CHECKING:
     import numpy as np
@@ -70,6 +70,8 @@ def _save(fig: Any, stem: Path) -> list[Path]:
 
 def per_class_bars(groups: list[Group], rare: list[str], stem: Path) -> list[Path]:
     """Per-class IoU (%) bars, one bar per group, error bars = sample std over its runs."""
+    from hcli.report.tables import class_iou
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=PER_CLASS_SIZE, dpi=DPI)
     n = max(1, len(groups))
@@ -77,8 +79,8 @@ def per_class_bars(groups: list[Group], rare: list[str], stem: Path) -> list[Pat
     for i, g in enumerate(groups):
         means, errs = [], []
         for name in CLASS_NAMES:
-            st = g.stat(lambda r, c=name: r.per_class_iou.get(c))
-            means.append(st.mean * 100 if st else 0.0)
+            st = g.stat(class_iou(name))
+            means.append(st.mean * 100 if st else float("nan"))  # absent class: no bar
             errs.append(st.std * 100 if st and st.std is not None else 0.0)
         xs = [k - 0.4 + width * (i + 0.5) for k in range(len(CLASS_NAMES))]
         ax.bar(xs, means, width, yerr=errs, label=g.label, capsize=2)
@@ -94,8 +96,9 @@ def per_class_bars(groups: list[Group], rare: list[str], stem: Path) -> list[Pat
     return _save(fig, stem)
 
 
-def mean_confusion(runs: list[RunRecord]) -> np.ndarray | None:
-    """Mean of the runs' row-normalised confusion matrices (rows: truth); None if none has one."""
+def mean_confusion(runs: list[RunRecord]) -> tuple[np.ndarray, int] | None:
+    """Mean of the runs' row-normalised confusion matrices (rows: truth) and how many runs had
+    one; None if none has."""
     import numpy as np
 
     mats = []
@@ -112,7 +115,7 @@ def mean_confusion(runs: list[RunRecord]) -> np.ndarray | None:
     out = np.full(stacked.shape[1:], np.nan)
     seen = ~np.isnan(stacked).all(axis=0)
     out[seen] = np.nanmean(stacked[:, seen], axis=0)
-    return out
+    return out, len(mats)
 
 
 def confusion_figure(matrix: np.ndarray, title: str, stem: Path) -> list[Path]:
@@ -167,7 +170,7 @@ def _colour_mask(img: Any) -> np.ndarray:
 
     if img.mode in ("RGB", "RGBA"):
         return np.asarray(img.convert("RGB"))
-    idx = np.asarray(img if img.mode != "P" else img.convert("L")).astype(np.int64)
+    idx = np.asarray(img).astype(np.int64)  # for mode P the array holds the palette indices
     lut = np.full((256, 3), 128, dtype=np.uint8)  # unknown ids show grey
     lut[: len(CLASS_NAMES)] = palette()
     lut[IGNORE_INDEX] = [int(BACKGROUND_COLOUR[i : i + 2], 16) for i in (1, 3, 5)]
@@ -202,7 +205,7 @@ def qualitative_grid(run: RunRecord, stem: Path) -> list[Path]:
             if col == 0:
                 ax.set_ylabel(sid, fontsize=7)
     handles = [Patch(color=c, label=name) for name, c in
-               zip(CLASS_NAMES, [tuple(v / 255 for v in p) for p in palette()], strict=True)]
+               zip(CLASS_NAMES, CLASS_COLOURS, strict=True)]
     handles.append(Patch(color=BACKGROUND_COLOUR, label="Background"))
     fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=6, frameon=False)
     return _save(fig, stem)

@@ -147,10 +147,11 @@ def _figures(records: list[RunRecord], group_by: str,
                                                      folder / "per_class_iou")))
     used: set[str] = set()
     for g in groups:
-        matrix = fig.mean_confusion(g.runs)
-        if matrix is not None:
+        mean = fig.mean_confusion(g.runs)
+        if mean is not None:
+            matrix, n = mean
             stem = fig.group_stem("confusion_", g.label, used)
-            title = f"{g.label}: normalised confusion (rows sum to 1), {len(g.runs)} run(s)"
+            title = f"{g.label}: normalised confusion (rows sum to 1), mean of {n} run(s)"
             made.append((f"confusion:{g.label}", fig.confusion_figure(matrix, title,
                                                                       folder / stem)))
     for r in records:

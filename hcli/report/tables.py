@@ -29,6 +29,7 @@ __all__ = [
     "ablation_tables",
     "build_groups",
     "build_tables",
+    "class_iou",
     "comparison_table",
     "domain_table",
     "per_class_table",
@@ -260,6 +261,15 @@ def comparison_table(groups: list[Group], group_by: str = DEFAULT_GROUP_BY) -> T
                  _field_columns([group_by, *others]) + _GROUP_COLS, rows, note)
 
 
+def class_iou(name: str) -> Callable[[RunRecord], float | None]:
+    """A getter of one class's IoU, for `Group.stat`."""
+
+    def get(r: RunRecord) -> float | None:
+        return r.per_class_iou.get(name)
+
+    return get
+
+
 def rare_classes(records: list[RunRecord]) -> list[str]:
     named = sorted({c for r in records for c in r.rare_classes})
     return named or list(DEFAULT_RARE_CLASSES)
@@ -279,7 +289,7 @@ def per_class_table(groups: list[Group], rare: list[str]) -> Table:
     for g in groups:
         row: dict[str, Any] = {"label": g.label, "runs": len(g.runs)}
         for name in CLASS_NAMES:
-            row[name] = g.stat(lambda r, n=name: r.per_class_iou.get(n))
+            row[name] = g.stat(class_iou(name))
         rows.append(row)
     cols = [Column("label", "group"), Column("runs", "runs", "int"), *_class_columns(rare)]
     note = _rare_note(rare) + " Means over the group's runs (csv/json also hold the std)."
@@ -313,6 +323,8 @@ def ablation_tables(groups: list[Group], group_by: str = DEFAULT_GROUP_BY) -> li
         d = tuple(varying_fields([a.config, b.config]))
         if 0 < len(d) <= MAX_ABLATION_FIELDS and d != (group_by,):
             diffs.add(d)
+    all_varying = [group_by] + [f for f in varying_fields([g.config for g in groups])
+                                if f != group_by]
     tables = []
     for d in sorted(diffs, key=lambda x: (len(x), x)):
         cells: dict[str, list[Group]] = {}
@@ -330,6 +342,9 @@ def ablation_tables(groups: list[Group], group_by: str = DEFAULT_GROUP_BY) -> li
             continue
         context = [f for f in varying_fields([g.config for c in members for g in c])
                    if f not in d]
+        # Say which configuration the table is about when it varies elsewhere in the report.
+        fixed = _fixed_note([g for c in members for g in c],
+                            [f for f in all_varying if f not in d and f not in context])
         rows = []
         for cell in members:
             for g in cell:
@@ -339,7 +354,7 @@ def ablation_tables(groups: list[Group], group_by: str = DEFAULT_GROUP_BY) -> li
         rows.sort(key=lambda row: [_sort_value(row[f]) for f in (*context, *d)])
         tables.append(Table(
             "ablation_" + _slug("_".join(d)), ", ".join(d),
-            _field_columns([*context, *d]) + _GROUP_COLS, rows, _UNITS,
+            _field_columns([*context, *d]) + _GROUP_COLS, rows, fixed + _UNITS,
         ))
     return tables
 

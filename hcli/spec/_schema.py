@@ -7,6 +7,7 @@ executes, not *what* it computes, and are left out of the run id (see `hcli.iden
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -108,6 +109,20 @@ class ModelSpec(_Section):
     )
     grad_checkpointing: bool = False
 
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        if v in BACKBONES or v in _timm_names():
+            return v
+        import difflib
+
+        close = difflib.get_close_matches(v, [*BACKBONES, *_timm_names()], n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ValueError(
+            f"unknown backbone {v!r}; {hint}use convnext, swin, maxvit or a timm model name "
+            "(python -c 'import timm; print(timm.list_models())')"
+        )
+
     @field_validator("coarse_groups")
     @classmethod
     def _groups_cover_damage_once(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -136,7 +151,9 @@ class TrainSpec(_Section):
     lr: float = Field(1e-4, gt=0, description="decoder learning rate")
     encoder_lr_mult: float = Field(0.1, gt=0, le=1, description="encoder lr = lr * this")
     weight_decay: float = Field(0.01, ge=0)
-    warmup_steps: int = Field(500, ge=0)
+    warmup_steps: int | None = Field(
+        None, ge=0, description="linear warmup steps (default: min(500, steps // 10))"
+    )
     schedule: Literal["poly", "cosine"] = "poly"
     poly_power: float = Field(0.9, gt=0)
     clip_grad: float | None = Field(1.0, gt=0, description="max gradient norm; null disables")
@@ -155,6 +172,10 @@ class TrainSpec(_Section):
     log_every_steps: int = _execution_only(default=10, gt=0)
     threads: int | None = _execution_only(default=None, gt=0, description="torch CPU threads")
     overlays: int = _execution_only(default=4, ge=0, description="prediction overlays saved")
+
+    @property
+    def warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else min(500, self.steps // 10)
 
 
 class LossSpec(_Section):
@@ -271,7 +292,7 @@ class Spec(_Section):
                 "train.batch_size=1 with maxvit, whose BatchNorm layers cannot train on one "
                 "sample; use train.batch_size >= 2"
             )
-        if self.train.warmup_steps >= self.train.steps and self.train.steps > 1:
+        if self.train.warmup_steps is not None and self.train.warmup_steps >= self.train.steps > 1:
             raise ValueError(
                 f"train.warmup_steps={self.train.warmup_steps} is not below train.steps="
                 f"{self.train.steps}; lower the warmup"
@@ -285,6 +306,13 @@ class Spec(_Section):
     @property
     def backbone_short(self) -> str:
         return backbone_short_name(self.model.backbone)
+
+
+@functools.cache
+def _timm_names() -> frozenset[str]:
+    # A list shipped with the package: importing timm here would pull torch into the control plane.
+    text = (Path(__file__).resolve().parents[1] / "resources" / "timm_models.txt").read_text()
+    return frozenset(line for line in text.splitlines() if line and not line.startswith("#"))
 
 
 def _round32(n: int) -> int:

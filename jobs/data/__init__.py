@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from hcli.data.manifest import Manifest
@@ -90,6 +91,9 @@ def build_train_loader(
         worker_init_fn=worker_init if workers else None,
         persistent_workers=False,
         prefetch_factor=2 if workers else None,
+        # Its own generator: creating an iterator must not draw from the global torch RNG, which
+        # the training state restores on resume (dropout etc. must continue the same stream).
+        generator=torch.Generator().manual_seed(spec.seed),
     )
     return loader, sampler
 

@@ -132,12 +132,12 @@ class CropDataset(_ShardDataset):
         )
 
     def _seed_pipeline(self, ss: np.random.SeedSequence) -> None:
-        # One child seed per transform: Compose.set_random_seed gives every transform the same
-        # seed, which would make the horizontal and vertical flips always agree.
-        children = ss.spawn(len(self.pipeline.transforms) + 1)
-        self.pipeline.set_random_seed(int(children[0].generate_state(1)[0]))
-        for t, child in zip(self.pipeline.transforms, children[1:], strict=True):
-            t.set_random_seed(int(child.generate_state(1)[0]))
+        # One seed per transform: Compose.set_random_seed gives every transform the same seed,
+        # which would make the horizontal and vertical flips always agree. The Compose's own
+        # generator is left alone: with p=1 its draw cannot change the outcome.
+        seeds = ss.generate_state(len(self.pipeline.transforms))
+        for t, s in zip(self.pipeline.transforms, seeds, strict=True):
+            t.set_random_seed(int(s))
 
     def __getitem__(self, key: DrawKey | int | Sequence[int]) -> dict[str, Any]:
         key = DrawKey(key) if isinstance(key, int | np.integer) else DrawKey(*key)

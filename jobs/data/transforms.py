@@ -24,6 +24,7 @@ __all__ = [
     "Window",
     "choose_window",
     "resize_window",
+    "Rotate90",
     "build_train_pipeline",
     "to_tensors",
 ]
@@ -79,14 +80,29 @@ def resize_window(
     return image, mask
 
 
+# np.rot90 k -> the cv2.rotate code that gives the same array (k counter-clockwise quarter turns).
+_CV2_ROT = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
+
+
+class Rotate90(A.RandomRotate90):
+    """RandomRotate90 with cv2.rotate for images and masks: albumentations' np.rot90 plus the
+    contiguous copy after it costs ~1.5 ms on a 512² crop, cv2.rotate ~0.2 ms; same result."""
+
+    def apply(self, img: np.ndarray, factor: int, **params: object) -> np.ndarray:
+        return cv2.rotate(img, _CV2_ROT[factor]) if factor else img
+
+    def apply_to_mask(self, mask: np.ndarray, factor: int, **params: object) -> np.ndarray:
+        return cv2.rotate(mask, _CV2_ROT[factor]) if factor else mask
+
+
 def build_train_pipeline(
     crop_size: int, *, flips: bool = True, rotate90: bool = True, colour: bool = True
 ) -> A.Compose:
     """Pad to the crop (image 0, mask 255 = ignored), then flips, 90° rotations, colour jitter.
 
-    Colour jitter is brightness/contrast/saturation without hue: the hue step converts to HSV and
-    costs more than the HDF5 read, and the real damage classes (staining, burn marks) are partly
-    defined by their tint.
+    Colour jitter: brightness and contrast (a lookup table, ~0.1 ms) on 80 % of samples and
+    saturation (~0.7 ms) on half; no hue, whose HSV round trip costs more than the HDF5 read and
+    which would blur classes partly defined by their tint (staining, burn marks).
     """
     ops: list[A.BasicTransform] = [
         A.PadIfNeeded(
@@ -101,10 +117,13 @@ def build_train_pipeline(
     if flips:
         ops += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
     if rotate90:
-        ops.append(A.RandomRotate90(p=0.5))
+        ops.append(Rotate90(p=0.5))
     if colour:
-        ops.append(A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.0, p=0.8))
-    return A.Compose(ops)
+        ops += [
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.8),
+            A.ColorJitter(brightness=0, contrast=0, saturation=0.2, hue=0, p=0.5),
+        ]
+    return A.Compose(ops, is_check_shapes=False)  # shapes match by construction
 
 
 # (3, 256) float32: channel c, byte v -> (v - mean_c) / std_c. A lookup per channel on the
@@ -118,8 +137,7 @@ _NORM_LUT = (
 
 def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 HWC image → float32 CHW normalised with ImageNet mean/std; mask → int64 HW."""
-    chw = np.ascontiguousarray(image.transpose(2, 0, 1))
-    out = np.empty(chw.shape, dtype=np.float32)
-    for c in range(3):
-        cv2.LUT(chw[c], _NORM_LUT[c], dst=out[c])
+    out = np.empty((3, *image.shape[:2]), dtype=np.float32)
+    for c, plane in enumerate(cv2.split(image)):
+        cv2.LUT(plane, _NORM_LUT[c], dst=out[c])
     return torch.from_numpy(out), torch.from_numpy(np.ascontiguousarray(mask)).long()

@@ -25,6 +25,7 @@ __all__ = ["Encoder", "build_encoder", "cached_pretrained_file"]
 _MIN_STRIDE = 4
 _MAX_LEVELS = 4
 _HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
+_KNOWN_FAMILIES = ("convnext", "swin", "maxvit")
 
 
 class Encoder(nn.Module):
@@ -61,12 +62,15 @@ def build_encoder(
     crop_size: int,
     encoder_kwargs: Mapping[str, Any] | None = None,
     pretrained: bool | Path | str = False,
-    check: bool = True,
+    check: bool | None = None,
 ) -> Encoder:
     """Build the encoder for `crop_size` inputs; `pretrained` is False, True (HF cache) or a file.
 
-    With `check`, one dry forward at the crop size proves the encoder takes it; an encoder that
-    cannot raises a `UserError` naming data.crop_size.
+    Any multiple of 32 is checked up front. With `check`, one dry forward at the crop size proves
+    the encoder takes it (an encoder that cannot raises a `UserError` naming data.crop_size);
+    by default (None) only for timm models outside the three study families, whose rules are
+    known (ConvNeXt any size, Swin and MaxViT built for the crop) and whose dry run would cost
+    seconds per job on a CPU.
     """
     if crop_size % 32:
         raise UserError(
@@ -82,9 +86,9 @@ def build_encoder(
         body = _build_from_hub_cache(name, kwargs)
     else:
         body = _create(name, kwargs)
-    fixed = crop_size if name.startswith("swin") else None
+    fixed = int(kwargs.get("img_size", crop_size)) if name.startswith("swin") else None
     encoder = Encoder(body, name, fixed)
-    if check:
+    if check or (check is None and not name.startswith(_KNOWN_FAMILIES)):
         _dry_run(encoder, backbone, crop_size)
     return encoder
 
@@ -137,7 +141,8 @@ def _build_from_hub_cache(name: str, kwargs: dict[str, Any]) -> nn.Module:
             f"Face cache; on a machine with internet run `hf download {repo}` (same HF_HOME), "
             f"or set model.pretrained to a local weights file"
         )
-    return _create_with_weights(name, kwargs, path, source=f"the cached weights of {repo}")
+    source = f"the cached weights of {repo}"
+    return _create_with_weights(name, kwargs, {"file": path}, source=source)
 
 
 def _build_from_file(name: str, kwargs: dict[str, Any], path: Path) -> nn.Module:
@@ -156,14 +161,15 @@ def _build_from_file(name: str, kwargs: dict[str, Any], path: Path) -> nn.Module
         _check_shapes(state, own, path)
         body.load_state_dict(state)
         return body
-    return _create_with_weights(name, kwargs, str(path), source=str(path))
+    return _create_with_weights(name, kwargs, {"state_dict": state}, source=str(path))
 
 
-def _create_with_weights(name: str, kwargs: dict[str, Any], file: str, source: str) -> nn.Module:
+def _create_with_weights(
+    name: str, kwargs: dict[str, Any], overlay: dict[str, Any], source: str
+) -> nn.Module:
+    """timm builds and loads; `overlay` is {"file": path} or {"state_dict": sd}."""
     try:
-        return timm.create_model(
-            name, pretrained=True, pretrained_cfg_overlay={"file": file}, **kwargs
-        )
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except RuntimeError as e:
         # torch lists one problem per line after a header; the first one and a count suffice.
         problems = [ln.strip() for ln in str(e).strip().splitlines()[1:] if ln.strip()]

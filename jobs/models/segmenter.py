@@ -94,13 +94,13 @@ def build_segmenter(
     model_spec: ModelSpec,
     crop_size: int,
     pretrained: bool | Path | None = None,
-    check: bool = True,
+    check: bool | None = None,
 ) -> Segmenter:
     """The model a spec describes, for `crop_size` inputs.
 
     `pretrained` overrides `model_spec.pretrained` (e.g. False when a checkpoint will be loaded
     over it anyway). The decoder norm is read from `model_spec.decoder_norm` when the spec has
-    that field, else BatchNorm.
+    that field, else BatchNorm. `check`: see `build_encoder`.
     """
     weights = model_spec.pretrained if pretrained is None else pretrained
     encoder = build_encoder(

@@ -218,7 +218,8 @@ class _Trainer:
             else:
                 self.bad_validations += 1
             self.progress.log(self.step, "val", miou=miou, binary_miou=metrics["binary_miou"],
-                              coarse_miou=metrics["coarse_miou"], rare_miou=metrics["rare_miou"])
+                              coarse_miou=metrics["coarse_miou"], rare_miou=metrics["rare_miou"],
+                              per_class_iou=metrics["per_class_iou"])
             self.progress.update(self.step, val_miou=miou)
             self.progress.note(best_val_miou=self.best["miou"], best_step=self.best["step"])
         from jobs.distributed import broadcast_object
@@ -228,10 +229,10 @@ class _Trainer:
 
     def train(self) -> Outcome:
         spec, t = self.spec, self.spec.train
-        # The loader's iterator draws its base seed from the global torch RNG: create it before
-        # restoring the saved RNG so a resumed run continues the same random stream.
-        batches = iter(self.loader)
+        # After resume: a loader iterator with workers starts drawing from the sampler at once,
+        # so the sampler must already stand at the saved position.
         self.resume()
+        batches = iter(self.loader)
         self.model.train()
         last_ckpt_time = time.monotonic()
         bar = tqdm(total=t.steps, initial=self.step, desc=self.ctx.run.run_id, mininterval=5,

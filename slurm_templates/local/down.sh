@@ -18,18 +18,30 @@ STATE_DIR="$(cd "$STATE_DIR" && pwd)"
 RUN="$STATE_DIR/run"
 export SLURM_CONF="$STATE_DIR/etc/slurm.conf"
 
+# A zombie counts as gone: it has exited and only waits for init to reap it (which can take a
+# second in containers), and `kill -0` would still report it.
+running() {
+    local state
+    state="$(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null)"
+    [[ -n $state && $state != Z ]]
+}
+
 pid_of() {
     local name=$1 pidfile=$2 pid
     [[ -r $pidfile ]] || return 1
     pid="$(tr -dc '0-9' <"$pidfile")"
-    [[ -n $pid && -r /proc/$pid/comm && "$(cat "/proc/$pid/comm")" == "$name" ]] || return 1
+    [[ -n $pid ]] && running "$pid" || return 1
+    [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$name" ]] || return 1
     echo "$pid"
 }
 
+stopped=()
+
 stop_pid() {
     local name=$1 pid=$2 waited=0
+    stopped+=("$pid")
     kill -TERM "$pid" 2>/dev/null || return 0
-    while kill -0 "$pid" 2>/dev/null; do
+    while running "$pid"; do
         if ((waited >= 150)); then
             echo "down.sh: $name ($pid) ignored SIGTERM for 15 s, killing it" >&2
             kill -KILL "$pid" 2>/dev/null || true
@@ -54,7 +66,7 @@ stop() {
 our_stepds() {
     local p
     for p in $(pgrep -x slurmstepd || true); do
-        if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "SLURM_CONF=$SLURM_CONF"; then
+        if tr '\0' '\n' 2>/dev/null <"/proc/$p/environ" | grep -qx "SLURM_CONF=$SLURM_CONF"; then
             echo "$p"
         fi
     done
@@ -76,4 +88,13 @@ done
 stop slurmdbd "$RUN/slurmdbd.pid"
 stop mariadbd "$RUN/mariadbd.pid"
 stop munged "$RUN/munged.pid"
+# Let init reap the exited daemons, so that nothing of ours is left in the process table.
+for _ in $(seq 1 50); do
+    left=0
+    for pid in "${stopped[@]}"; do
+        [[ -e /proc/$pid ]] && left=1
+    done
+    ((left == 0)) && break
+    sleep 0.1
+done
 echo "down.sh: cluster in $STATE_DIR is down"

@@ -52,8 +52,10 @@ alive() {
     local name=$1 pidfile=$2 pid
     [[ -r $pidfile ]] || return 1
     pid="$(tr -dc '0-9' <"$pidfile")"
-    [[ -n $pid && -r /proc/$pid/comm ]] || return 1
-    [[ "$(cat "/proc/$pid/comm")" == "$name" ]]
+    [[ -n $pid ]] || return 1
+    # A zombie (exited, not yet reaped) is not a running daemon.
+    [[ "$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null)" =~ ^[^Z]$ ]] || return 1
+    [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$name" ]]
 }
 
 wait_for() {
@@ -206,7 +208,10 @@ if [[ -z "$(sacctmgr -n -P show account "$ACCOUNT" format=account)" ]]; then
     sacctmgr -i add account "$ACCOUNT" Cluster="$CLUSTER" Description="hcli local" \
         Organization=hcli >/dev/null || fail "sacctmgr add account failed"
 fi
-for u in "$RUN_USER" root; do
+# root and, under sudo, the invoking user: the users who submit on this single-user cluster.
+assoc_users=("$RUN_USER" root)
+[[ -n ${SUDO_USER:-} ]] && assoc_users+=("$SUDO_USER")
+for u in "${assoc_users[@]}"; do
     if [[ -z "$(sacctmgr -n -P show assoc where user="$u" account="$ACCOUNT" format=user)" ]]; then
         sacctmgr -i add user "$u" Account="$ACCOUNT" DefaultAccount="$ACCOUNT" >/dev/null ||
             fail "sacctmgr add user $u failed"

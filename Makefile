@@ -1,0 +1,44 @@
+# The two commands a newcomer runs: `make demo` and `make test` (see README.md).
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+HCLI   := $(VENV)/bin/hcli
+RUNS   ?= runs
+export HCLI_RUNS_DIR := $(abspath $(RUNS))
+
+.PHONY: install demo test lint bench clean-demo
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	# torch 2.14.1 / torchvision 0.29.1 come from this machine's wheel cache when present.
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(HCLI) doctor --data data/synth-prepared
+	$(HCLI) data synth --out data/synth --n 120 --seed 0 --size 256
+	$(HCLI) data prepare --source data/synth --out data/synth-prepared
+	$(HCLI) data stats data/synth-prepared --plot reports/synth-stats.png
+	$(HCLI) submit probe --foreground
+	$(HCLI) submit multiclass --config quickstart --foreground
+	$(HCLI) status
+	$(HCLI) collect --out reports/demo
+
+lint: install
+	$(VENV)/bin/ruff check hcli jobs tests benchmarks
+	$(VENV)/bin/mypy
+
+test: install lint
+	$(VENV)/bin/pytest -q
+
+bench: install
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean-demo:
+	rm -rf data/synth data/synth-prepared $(RUNS) reports
+
+timm-names: install  # the backbone names the spec accepts without importing timm
+	$(PY) -c "import timm; print('# timm', timm.__version__, 'model names; regenerate: make timm-names'); print('\n'.join(timm.list_models()))" > hcli/resources/timm_models.txt

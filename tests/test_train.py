@@ -1,0 +1,152 @@
+"""The multiclass job end to end on tiny synthetic data: outputs, exact resume, early stopping."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import HCLI, REPO, run_cli, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def _only_run(runs: Path) -> Path:
+    (run,) = [p for p in runs.iterdir() if not p.name.startswith(".")]
+    return run
+
+
+def _final_model(run: Path, step: int) -> dict[str, torch.Tensor]:
+    state = torch.load(run / "checkpoints" / f"step-{step:08d}.pt", weights_only=True)
+    return state["model"]
+
+
+def _train(runs: Path, data: Path, *extra: str) -> Path:
+    run_cli(["submit", "multiclass", "--foreground", "--runs-dir", str(runs),
+             *tiny_overrides(data, *extra)])
+    return _only_run(runs)
+
+
+@pytest.fixture(scope="module")
+def reference(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted run of the resume spec."""
+    return _train(tmp_path_factory.mktemp("ref") / "runs", synth_data, *RESUME_SPEC)
+
+
+RESUME_SPEC = ("train.steps=40", "train.checkpoint_every_steps=4", "train.keep_checkpoints=2",
+               "data.num_workers=1", "model.hierarchical=true", "train.val_every_steps=20")
+
+
+def test_run_folder_holds_what_the_contract_says(reference: Path):
+    state = json.loads((reference / "state.json").read_text())
+    assert state["state"] == "COMPLETED" and state["restarts"] == 0
+    results = json.loads((reference / "results.json").read_text())
+    for key in ("miou", "per_class_iou", "per_class_f1", "binary_miou", "rare_miou", "confusion",
+                "checkpoint", "baseline_all_clean_miou", "coarse_miou"):
+        assert key in results
+    assert results["checkpoint"] in ("best", "last")
+    assert len(results["per_class_iou"]) == 16 and len(results["confusion"]) == 16
+    progress = json.loads((reference / "progress.json").read_text())
+    assert progress["step"] == 40 and progress["total_steps"] == 40 and progress["heartbeat"]
+    lines = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert {x.get("split") for x in lines} >= {"train", "val"}
+    kept = sorted(p.name for p in (reference / "checkpoints").glob("step-*.pt"))
+    assert kept == ["step-00000036.pt", "step-00000040.pt"]  # keep_checkpoints=2
+    assert list((reference / "figures" / "samples").glob("*_pred.png"))
+    assert list((reference / "tb").iterdir())  # TensorBoard events
+
+
+def _start(runs: Path, data: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*HCLI, "submit", "multiclass", "--foreground", "--runs-dir", str(runs),
+         *tiny_overrides(data, *RESUME_SPEC)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+
+
+def _last_train_step(runs: Path) -> int:
+    steps = [0]
+    for path in runs.glob("*/metrics.jsonl"):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("split") == "train":
+                steps.append(record["step"])
+    return max(steps)
+
+
+def _kill_at_random_step(proc: subprocess.Popen[str], runs: Path) -> int:
+    target = random.randint(5, 34)  # after the first checkpoint, before the end
+    deadline = time.time() + 300
+    while time.time() < deadline and _last_train_step(runs) < target:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return target
+
+
+@pytest.mark.parametrize("damage_newest", [False, True], ids=["kill", "kill+damaged-checkpoint"])
+def test_sigkill_and_resume_is_bitwise_identical(reference, synth_data, tmp_path, damage_newest):
+    runs = tmp_path / "runs"
+    proc = _start(runs, synth_data)
+    target = _kill_at_random_step(proc, runs)
+    run = _only_run(runs)
+    assert run.name == reference.name  # same spec, same identity
+    state = json.loads((run / "state.json").read_text())
+    assert state["state"] == "RUNNING", f"killed near step {target}"  # the job never knew
+    status = json.loads(run_cli(["status", "--json", "--runs-dir", str(runs)]).stdout)
+    assert status[0]["state"] == "FAILED"  # the process is gone: status says so
+    done = sorted((run / "checkpoints").glob("step-*.pt.done"))
+    if damage_newest:
+        newest = done[-1].with_suffix("")
+        newest.write_bytes(newest.read_bytes()[:1000])  # truncated, marker still there
+    resumed = run_cli(["resume", run.name, "--foreground", "--runs-dir", str(runs)])
+    if damage_newest:
+        assert "damaged" in resumed.stderr.lower() or "fall" in resumed.stderr.lower()
+    state = json.loads((run / "state.json").read_text())
+    assert state["state"] == "COMPLETED" and state["restarts"] == 1
+    ours, theirs = _final_model(run, 40), _final_model(reference, 40)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+    a = json.loads((run / "results.json").read_text())
+    b = json.loads((reference / "results.json").read_text())
+    assert a["per_class_iou"] == b["per_class_iou"] and a["miou"] == b["miou"]
+
+
+def test_early_stopping_stops(synth_data, tmp_path):
+    run = _train(tmp_path / "runs", synth_data, "train.steps=40", "train.val_every_steps=4",
+                 "train.early_stop_patience=2", "train.early_stop_min_delta=1.0")
+    results = json.loads((run / "results.json").read_text())
+    # First validation sets the best; two more without a gain of 1.0 mIoU stop it at step 12.
+    assert results["early_stopped"] is True and results["final_step"] == 12
+    assert results["checkpoint"] == "best" and results["step"] == 4
+
+
+def test_sigterm_saves_and_resume_continues(synth_data, tmp_path):
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [*HCLI, "submit", "multiclass", "--foreground", "--runs-dir", str(runs),
+         *tiny_overrides(synth_data, "train.steps=400", "train.checkpoint_every_steps=1000",
+                         "train.val_every_steps=1000")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        progress = list(runs.glob("*/progress.json"))
+        if progress and json.loads(progress[0].read_text()).get("step", 0) >= 4:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    run = _only_run(runs)
+    state = json.loads((run / "state.json").read_text())
+    assert state["state"] == "CANCELLED" and "hcli resume" in state["message"]
+    saved = sorted((run / "checkpoints").glob("step-*.pt.done"))
+    assert saved, "the stop signal must leave a checkpoint (none was due by the step count)"
