@@ -134,15 +134,12 @@ def test_sigterm_saves_and_resume_continues(synth_data, tmp_path):
     runs = tmp_path / "runs"
     proc = subprocess.Popen(
         [*HCLI, "submit", "multiclass", "--foreground", "--runs-dir", str(runs),
-         *tiny_overrides(synth_data, "train.steps=400", "train.checkpoint_every_steps=1000",
+         *tiny_overrides(synth_data, "train.steps=80", "train.checkpoint_every_steps=1000",
                          "train.val_every_steps=1000")],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline:
-        progress = list(runs.glob("*/progress.json"))
-        if progress and json.loads(progress[0].read_text()).get("step", 0) >= 4:
-            break
-        time.sleep(0.1)
+    while time.time() < deadline and _last_train_step(runs) < 4:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     run = _only_run(runs)
@@ -150,3 +147,9 @@ def test_sigterm_saves_and_resume_continues(synth_data, tmp_path):
     assert state["state"] == "CANCELLED" and "hcli resume" in state["message"]
     saved = sorted((run / "checkpoints").glob("step-*.pt.done"))
     assert saved, "the stop signal must leave a checkpoint (none was due by the step count)"
+    stopped_at = int(saved[-1].name[5:13])
+    assert 4 <= stopped_at < 80
+    assert "CANCELLED" in run_cli(["status", "--runs-dir", str(runs)]).stdout
+    run_cli(["resume", run.name, "--foreground", "--runs-dir", str(runs)])
+    state = json.loads((run / "state.json").read_text())
+    assert state["state"] == "COMPLETED" and state["restarts"] == 1

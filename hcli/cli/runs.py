@@ -220,7 +220,8 @@ def _print_status(rows: list[dict], root: Path) -> None:
         return
     from rich.console import Console
 
-    Console().print(_status_table(rows, root))
+    # Piped output (grep, logs) gets whole rows instead of a table squeezed to 80 columns.
+    Console(width=None if sys.stdout.isatty() else 220).print(_status_table(rows, root))
 
 
 def logs(
