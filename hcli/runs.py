@@ -111,8 +111,13 @@ class Run:
     def add_job(self, job_id: str, executor: str, **extra: Any) -> dict[str, Any]:
         state = self.state()
         state.setdefault("jobs", []).append(
-            {"job_id": job_id, "executor": executor, "submitted_at": now_iso(),
-             "attempt": state.get("attempt", 1), **extra}
+            {
+                "job_id": job_id,
+                "executor": executor,
+                "submitted_at": now_iso(),
+                "attempt": state.get("attempt", 1),
+                **extra,
+            }
         )
         state["executor"] = executor
         state["updated_at"] = now_iso()
@@ -130,13 +135,21 @@ def snapshot_code(dest: Path) -> None:
     try:
         listed = subprocess.run(
             ["git", "ls-files", "--cached", "--others", "--exclude-standard", *_SNAPSHOT_DIRS],
-            cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=30,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
         ).stdout.split()
         files = [REPO_ROOT / f for f in listed]
     except (OSError, subprocess.SubprocessError):
         # Not a git checkout (an installed wheel): copy the package folders as they are.
-        files = [p for d in _SNAPSHOT_DIRS for p in (REPO_ROOT / d).rglob("*")
-                 if p.is_file() and "__pycache__" not in p.parts]
+        files = [
+            p
+            for d in _SNAPSHOT_DIRS
+            for p in (REPO_ROOT / d).rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        ]
     for src in files:
         if not src.is_file():
             continue
@@ -158,12 +171,24 @@ def create_run(root: Path, run_id: str, spec: Spec, *, snapshot: bool = True) ->
         (tmp / "checkpoints").mkdir()
         atomic_write_text(tmp / "spec.yaml", spec_to_yaml(spec))
         stamp = now_iso()
-        atomic_write_json(tmp / "state.json", {
-            "run_id": run_id, "kind": spec.kind, "backbone": spec.backbone_short,
-            "name": spec.name, "state": "PENDING", "attempt": 1, "restarts": 0,
-            "executor": None, "jobs": [], "requeues": [], "created_at": stamp,
-            "updated_at": stamp, "message": None,
-        })
+        atomic_write_json(
+            tmp / "state.json",
+            {
+                "run_id": run_id,
+                "kind": spec.kind,
+                "backbone": spec.backbone_short,
+                "name": spec.name,
+                "state": "PENDING",
+                "attempt": 1,
+                "restarts": 0,
+                "executor": None,
+                "jobs": [],
+                "requeues": [],
+                "created_at": stamp,
+                "updated_at": stamp,
+                "message": None,
+            },
+        )
         if snapshot:
             snapshot_code(tmp / "code")
         os.rename(tmp, final)
@@ -192,7 +217,9 @@ def iter_runs(root: Path) -> Iterator[Run]:
     if not root.is_dir():
         return
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.is_dir() and not entry.name.startswith(".") and os.path.isfile(
-            os.path.join(entry.path, "state.json")
+        if (
+            entry.is_dir()
+            and not entry.name.startswith(".")
+            and os.path.isfile(os.path.join(entry.path, "state.json"))
         ):
             yield Run(Path(entry.path))

@@ -28,5 +28,7 @@ def build_optimizer(model: torch.nn.Module, train: TrainSpec) -> torch.optim.Opt
     return torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainSpec) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, train: TrainSpec
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, train))

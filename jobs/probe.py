@@ -14,8 +14,12 @@ __all__ = ["environment_report", "run"]
 
 def _readable(path: Path) -> dict[str, Any]:
     manifest = path / "manifest.json"
-    return {"path": str(path), "exists": path.is_dir(), "readable": os.access(path, os.R_OK),
-            "prepared": manifest.is_file()}
+    return {
+        "path": str(path),
+        "exists": path.is_dir(),
+        "readable": os.access(path, os.R_OK),
+        "prepared": manifest.is_file(),
+    }
 
 
 def _writable(path: Path) -> bool:
@@ -35,8 +39,9 @@ def environment_report(data_root: Path, runs_root: Path) -> dict[str, Any]:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
-            gpus.append({"index": i, "name": props.name,
-                         "memory_gb": round(props.total_memory / 2**30, 1)})
+            gpus.append(
+                {"index": i, "name": props.name, "memory_gb": round(props.total_memory / 2**30, 1)}
+            )
     nccl = None
     if torch.distributed.is_available() and torch.cuda.is_available():
         try:
@@ -77,6 +82,7 @@ def run(ctx: Any) -> Any:
     report = environment_report(Path(ctx.spec.data.root), ctx.run.path.parent)
     for key, value in report.items():
         print(f"{key:>18}: {value}", flush=True)
-    atomic_write_json(ctx.run.path / "results.json", {"run_id": ctx.run.run_id, "kind": "probe",
-                                                      "probe": report})
+    atomic_write_json(
+        ctx.run.path / "results.json", {"run_id": ctx.run.run_id, "kind": "probe", "probe": report}
+    )
     return Outcome("completed", step=0)

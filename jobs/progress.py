@@ -23,13 +23,26 @@ def _now() -> str:
 
 
 class ProgressWriter:
-    def __init__(self, run_dir: Path, total_steps: int, *, interval: float = 15.0,
-                 tensorboard: bool = True, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        total_steps: int,
+        *,
+        interval: float = 15.0,
+        tensorboard: bool = True,
+        enabled: bool = True,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.total = total_steps
-        self.state: dict[str, Any] = {"step": 0, "total_steps": total_steps, "epoch": 0,
-                                      "phase": "starting", "latest": {}, "eta_s": None}
+        self.state: dict[str, Any] = {
+            "step": 0,
+            "total_steps": total_steps,
+            "epoch": 0,
+            "phase": "starting",
+            "latest": {},
+            "eta_s": None,
+        }
         self._lock = threading.Lock()
         self._rate: tuple[float, int] | None = None  # (time, step) when timing started
         self._stop = threading.Event()
@@ -38,8 +51,9 @@ class ProgressWriter:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.run_dir / "tb"))
-        self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True,
-                                        name="progress-heartbeat")
+        self._thread = threading.Thread(
+            target=self._beat, args=(interval,), daemon=True, name="progress-heartbeat"
+        )
         if enabled:
             self._write()
             self._thread.start()
@@ -53,8 +67,9 @@ class ProgressWriter:
             snapshot = dict(self.state, heartbeat=_now())
         atomic_write_json(self.run_dir / "progress.json", snapshot)
 
-    def update(self, step: int, *, epoch: int | None = None, phase: str = "train",
-               **latest: Any) -> None:
+    def update(
+        self, step: int, *, epoch: int | None = None, phase: str = "train", **latest: Any
+    ) -> None:
         if not self.enabled:
             return
         now = time.time()

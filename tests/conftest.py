@@ -36,8 +36,9 @@ TINY = [
 def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """36 synthetic images (96 px), prepared to HDF5: the dataset most job tests train on."""
     base = tmp_path_factory.mktemp("synth")
-    run_cli(["data", "synth", "--out", str(base / "raw"), "--n", "36", "--seed", "1",
-             "--size", "96"])
+    run_cli(
+        ["data", "synth", "--out", str(base / "raw"), "--n", "36", "--seed", "1", "--size", "96"]
+    )
     run_cli(["data", "prepare", "--source", str(base / "raw"), "--out", str(base / "prepared")])
     return base / "prepared"
 
@@ -47,13 +48,15 @@ def runs_dir(tmp_path: Path) -> Path:
     return tmp_path / "runs"
 
 
-def run_cli(args: list[str], *, env: dict[str, str] | None = None, check: bool = True,
-            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], *, env: dict[str, str] | None = None, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     """`hcli ARGS` in a subprocess (what a user runs: exit code, stdout, stderr)."""
     full_env = dict(os.environ, **(env or {}))
     full_env.pop("HCLI_DEBUG", None) if env is None or "HCLI_DEBUG" not in env else None
-    done = subprocess.run([*HCLI, *args], capture_output=True, text=True, env=full_env,
-                          timeout=timeout, cwd=REPO)
+    done = subprocess.run(
+        [*HCLI, *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO
+    )
     if check and done.returncode != 0:
         raise AssertionError(f"hcli {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
     return done
@@ -64,3 +67,6 @@ def tiny_overrides(data: Path, *extra: str) -> list[str]:
     for item in [*TINY, f"data.root={data}", *extra]:
         args += ["-o", item]
     return args
+
+
+from tests.slurm_cluster import slurm_env  # noqa: E402,F401  (session fixture for @pytest.mark.slurm tests)

@@ -109,8 +109,14 @@ def test_sources_combine_in_order(tmp_path):
 
 
 def test_overrides_typed_and_alias(tmp_path):
-    spec = load_spec(overrides=["train.seed=3", "data.scale_range=[0.25, 1]",
-                                "model.encoder_kwargs={depths: [1, 1]}", "train.clip_grad=null"])
+    spec = load_spec(
+        overrides=[
+            "train.seed=3",
+            "data.scale_range=[0.25, 1]",
+            "model.encoder_kwargs={depths: [1, 1]}",
+            "train.clip_grad=null",
+        ]
+    )
     assert spec.seed == 3
     assert spec.data.scale_range == (0.25, 1.0)
     assert spec.model.encoder_kwargs == {"depths": [1, 1]}

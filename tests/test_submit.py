@@ -22,9 +22,24 @@ def _normalise(text: str, runs: Path) -> str:
 
 
 def test_dry_run_sbatch_matches_golden(runs_dir):
-    done = run_cli(["submit", "multiclass", "--backbone", "swin", "--dry-run", "--json",
-                    "--runs-dir", str(runs_dir), "-o", "slurm.partition=gpu",
-                    "-o", "slurm.gpus_per_node=1", "-o", "data.root=/data/artefact"])
+    done = run_cli(
+        [
+            "submit",
+            "multiclass",
+            "--backbone",
+            "swin",
+            "--dry-run",
+            "--json",
+            "--runs-dir",
+            str(runs_dir),
+            "-o",
+            "slurm.partition=gpu",
+            "-o",
+            "slurm.gpus_per_node=1",
+            "-o",
+            "data.root=/data/artefact",
+        ]
+    )
     out = json.loads(done.stdout)
     assert set(out) == {"run_id", "spec", "sbatch"}
     assert out["run_id"].startswith("multiclass-swin-")
@@ -43,17 +58,35 @@ def test_dry_run_human_output_names_the_run(runs_dir):
 
 
 def test_dry_run_container_and_dependency_render(runs_dir, tmp_path):
-    done = run_cli(["submit", "probe", "--dry-run", "--json", "--runs-dir", str(runs_dir),
-                    "-o", f"slurm.container={tmp_path / 'hcli.sif'}",
-                    "-o", "slurm.setup=[module load cuda]"])
+    done = run_cli(
+        [
+            "submit",
+            "probe",
+            "--dry-run",
+            "--json",
+            "--runs-dir",
+            str(runs_dir),
+            "-o",
+            f"slurm.container={tmp_path / 'hcli.sif'}",
+            "-o",
+            "slurm.setup=[module load cuda]",
+        ]
+    )
     sbatch = json.loads(done.stdout)["sbatch"]
-    assert f"apptainer exec --nv --bind {runs_dir.resolve()} {tmp_path / 'hcli.sif'} python3" in sbatch
+    assert (
+        f"apptainer exec --nv --bind {runs_dir.resolve()} {tmp_path / 'hcli.sif'} python3" in sbatch
+    )
     assert "module load cuda" in sbatch
 
 
 def _submit_probe(runs_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*HCLI, "submit", "probe", "--local", "--json", "--runs-dir",
-                           str(runs_dir)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    return subprocess.run(
+        [*HCLI, "submit", "probe", "--local", "--json", "--runs-dir", str(runs_dir)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
 
 
 def _wait_state(run_dir: Path, states: set[str], timeout: float = 120) -> dict:
@@ -86,8 +119,9 @@ def test_ten_concurrent_submits_make_one_run_and_one_job(runs_dir):
 def test_probe_foreground_end_to_end(runs_dir, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    done = run_cli(["submit", "probe", "--foreground", "--runs-dir", str(runs_dir),
-                    "-o", f"data.root={data}"])
+    done = run_cli(
+        ["submit", "probe", "--foreground", "--runs-dir", str(runs_dir), "-o", f"data.root={data}"]
+    )
     run_dir = next(p for p in runs_dir.iterdir() if p.name.startswith("probe-"))
     state = json.loads((run_dir / "state.json").read_text())
     assert state["state"] == "COMPLETED"
@@ -99,9 +133,20 @@ def test_probe_foreground_end_to_end(runs_dir, tmp_path):
     assert (run_dir / "code" / "jobs" / "entry.py").is_file()  # the code snapshot
     status = json.loads(run_cli(["status", "--json", "--runs-dir", str(runs_dir)]).stdout)
     assert [(r["run_id"], r["state"], r["kind"]) for r in status] == [
-        (run_dir.name, "COMPLETED", "probe")]
-    forced = run_cli(["submit", "probe", "--foreground", "--force", "--runs-dir", str(runs_dir),
-                      "-o", f"data.root={data}"])
+        (run_dir.name, "COMPLETED", "probe")
+    ]
+    forced = run_cli(
+        [
+            "submit",
+            "probe",
+            "--foreground",
+            "--force",
+            "--runs-dir",
+            str(runs_dir),
+            "-o",
+            f"data.root={data}",
+        ]
+    )
     assert "submitted" in forced.stdout
     state = json.loads((run_dir / "state.json").read_text())
     assert state["attempt"] == 2 and (run_dir / "attempts" / "1" / "results.json").is_file()

@@ -29,8 +29,16 @@ def _final_model(run: Path, step: int) -> dict[str, torch.Tensor]:
 
 
 def _train(runs: Path, data: Path, *extra: str) -> Path:
-    run_cli(["submit", "multiclass", "--foreground", "--runs-dir", str(runs),
-             *tiny_overrides(data, *extra)])
+    run_cli(
+        [
+            "submit",
+            "multiclass",
+            "--foreground",
+            "--runs-dir",
+            str(runs),
+            *tiny_overrides(data, *extra),
+        ]
+    )
     return _only_run(runs)
 
 
@@ -40,16 +48,31 @@ def reference(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return _train(tmp_path_factory.mktemp("ref") / "runs", synth_data, *RESUME_SPEC)
 
 
-RESUME_SPEC = ("train.steps=40", "train.checkpoint_every_steps=4", "train.keep_checkpoints=2",
-               "data.num_workers=1", "model.hierarchical=true", "train.val_every_steps=20")
+RESUME_SPEC = (
+    "train.steps=40",
+    "train.checkpoint_every_steps=4",
+    "train.keep_checkpoints=2",
+    "data.num_workers=1",
+    "model.hierarchical=true",
+    "train.val_every_steps=20",
+)
 
 
 def test_run_folder_holds_what_the_contract_says(reference: Path):
     state = json.loads((reference / "state.json").read_text())
     assert state["state"] == "COMPLETED" and state["restarts"] == 0
     results = json.loads((reference / "results.json").read_text())
-    for key in ("miou", "per_class_iou", "per_class_f1", "binary_miou", "rare_miou", "confusion",
-                "checkpoint", "baseline_all_clean_miou", "coarse_miou"):
+    for key in (
+        "miou",
+        "per_class_iou",
+        "per_class_f1",
+        "binary_miou",
+        "rare_miou",
+        "confusion",
+        "checkpoint",
+        "baseline_all_clean_miou",
+        "coarse_miou",
+    ):
         assert key in results
     assert results["checkpoint"] in ("best", "last")
     assert len(results["per_class_iou"]) == 16 and len(results["confusion"]) == 16
@@ -65,10 +88,21 @@ def test_run_folder_holds_what_the_contract_says(reference: Path):
 
 def _start(runs: Path, data: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [*HCLI, "submit", "multiclass", "--foreground", "--runs-dir", str(runs),
-         *tiny_overrides(data, *RESUME_SPEC)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+        [
+            *HCLI,
+            "submit",
+            "multiclass",
+            "--foreground",
+            "--runs-dir",
+            str(runs),
+            *tiny_overrides(data, *RESUME_SPEC),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _last_train_step(runs: Path) -> int:
@@ -122,8 +156,14 @@ def test_sigkill_and_resume_is_bitwise_identical(reference, synth_data, tmp_path
 
 
 def test_early_stopping_stops(synth_data, tmp_path):
-    run = _train(tmp_path / "runs", synth_data, "train.steps=40", "train.val_every_steps=4",
-                 "train.early_stop_patience=2", "train.early_stop_min_delta=1.0")
+    run = _train(
+        tmp_path / "runs",
+        synth_data,
+        "train.steps=40",
+        "train.val_every_steps=4",
+        "train.early_stop_patience=2",
+        "train.early_stop_min_delta=1.0",
+    )
     results = json.loads((run / "results.json").read_text())
     # First validation sets the best; two more without a gain of 1.0 mIoU stop it at step 12.
     assert results["early_stopped"] is True and results["final_step"] == 12
@@ -133,10 +173,25 @@ def test_early_stopping_stops(synth_data, tmp_path):
 def test_sigterm_saves_and_resume_continues(synth_data, tmp_path):
     runs = tmp_path / "runs"
     proc = subprocess.Popen(
-        [*HCLI, "submit", "multiclass", "--foreground", "--runs-dir", str(runs),
-         *tiny_overrides(synth_data, "train.steps=80", "train.checkpoint_every_steps=1000",
-                         "train.val_every_steps=1000")],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            *HCLI,
+            "submit",
+            "multiclass",
+            "--foreground",
+            "--runs-dir",
+            str(runs),
+            *tiny_overrides(
+                synth_data,
+                "train.steps=80",
+                "train.checkpoint_every_steps=1000",
+                "train.val_every_steps=1000",
+            ),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and _last_train_step(runs) < 4:
         time.sleep(0.05)

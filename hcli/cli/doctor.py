@@ -13,9 +13,9 @@ __all__ = ["register"]
 
 
 def doctor(
-    data_root: Annotated[Path, typer.Option("--data", help="Prepared data folder to check.")] = Path(
-        "data/artefact"
-    ),
+    data_root: Annotated[
+        Path, typer.Option("--data", help="Prepared data folder to check.")
+    ] = Path("data/artefact"),
     json_out: Json = False,
     runs_dir: RunsDir = None,
 ) -> None:
@@ -37,7 +37,9 @@ def doctor(
         table.add_row(key, str(value))
     Console().print(table)
     if not report["data"]["prepared"]:
-        typer.echo(f"note: no prepared data at {data_root}; run `hcli data synth` + `hcli data prepare`")
+        typer.echo(
+            f"note: no prepared data at {data_root}; run `hcli data synth` + `hcli data prepare`"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -96,4 +96,6 @@ def load_manifest(root: Path) -> Manifest:
     try:
         return Manifest.model_validate(json.loads(path.read_text()))
     except (json.JSONDecodeError, ValidationError) as exc:
-        raise DataError(f"{path} is not a valid manifest ({type(exc).__name__}); re-run hcli data prepare") from None
+        raise DataError(
+            f"{path} is not a valid manifest ({type(exc).__name__}); re-run hcli data prepare"
+        ) from None

@@ -21,7 +21,9 @@ class PlannedRun:
 
 def split_top_level(value: str) -> list[str]:
     """Split on commas outside brackets/quotes: `0,1,2` sweeps, `[0.5,1.5]` stays one value."""
-    parts, depth, quote, current = [], 0, "", []
+    parts: list[str] = []
+    current: list[str] = []
+    depth, quote = 0, ""
     for ch in value:
         if quote:
             quote = "" if ch == quote else quote
@@ -50,7 +52,9 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
             continue
         values = split_top_level(raw)
         if any(v.strip() == "" for v in values) and len(values) > 1:
-            raise SpecError(f"override {text!r} has an empty value in its list; e.g. -o {key}=0,1,2")
+            raise SpecError(
+                f"override {text!r} has an empty value in its list; e.g. -o {key}=0,1,2"
+            )
         axes.append([f"{key}={v.strip()}" for v in values])
     return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
 
@@ -68,7 +72,9 @@ def plan_runs(
     for backbone in backbones or [None]:  # type: ignore[list-item]
         for combo in expand_sweep(overrides or []):
             flags = {"model.backbone": backbone} if backbone else {}
-            spec = resolve_paths(load_spec(config, kind=kind, flags=flags, overrides=combo), base_dir)
+            spec = resolve_paths(
+                load_spec(config, kind=kind, flags=flags, overrides=combo), base_dir
+            )
             rid = run_id(spec)
             planned.setdefault(rid, PlannedRun(rid, spec))
     return list(planned.values())

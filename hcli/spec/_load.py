@@ -34,7 +34,7 @@ _ALIASES = {"train.seed": "seed"}
 
 
 def find_config(config: str | Path) -> Path:
-    """A config given as a path, or as a name in configs/ (`quickstart` → configs/quickstart.yaml)."""
+    """A config given as a path or as a name in configs/ (`quickstart`: configs/quickstart.yaml)."""
     path = Path(config)
     if path.is_file():
         return path
@@ -60,7 +60,9 @@ def read_config(config: str | Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise SpecError(f"config file {path}: broken YAML{where}: {problem}; fix the syntax") from exc
+        raise SpecError(
+            f"config file {path}: broken YAML{where}: {problem}; fix the syntax"
+        ) from exc
     if data is None:
         raise SpecError(f"config file {path} is empty; write at least `kind: multiclass`")
     if not isinstance(data, dict):
@@ -103,7 +105,11 @@ def _set_path(tree: dict[str, Any], key: str, value: Any) -> None:
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key != "encoder_kwargs":
+        if (
+            isinstance(value, Mapping)
+            and isinstance(out.get(key), dict)
+            and key != "encoder_kwargs"
+        ):
             out[key] = _merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -121,7 +127,11 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         got = err.get("input")
-        shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+        shown = (
+            ""
+            if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict)
+            else f" (got {got!r})"
+        )
         if loc == "(top level)":
             # Cross-field rules name their keys in the message itself.
             lines.append(f"{source}: {msg}")
@@ -188,4 +198,6 @@ def spec_from_yaml_file(path: Path) -> Spec:
     except FileNotFoundError:
         raise SpecError(f"{path} does not exist; is this a run folder?") from None
     except (yaml.YAMLError, ValidationError) as exc:
-        raise SpecError(f"{path} is not a valid spec ({exc.__class__.__name__}); re-submit the run") from None
+        raise SpecError(
+            f"{path} is not a valid spec ({exc.__class__.__name__}); re-submit the run"
+        ) from None

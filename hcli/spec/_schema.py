@@ -56,7 +56,9 @@ class _Section(BaseModel):
 
 
 class DataSpec(_Section):
-    root: Path = Field(Path("data/artefact"), description="prepared HDF5 folder (hcli data prepare)")
+    root: Path = Field(
+        Path("data/artefact"), description="prepared HDF5 folder (hcli data prepare)"
+    )
     crop_size: int = Field(512, gt=0, description="training crop side in pixels (multiple of 32)")
     protocol: Literal["kfold", "lomo", "lomo-grouped", "locontent"] = "kfold"
     fold: int = Field(0, ge=0, description="which fold of the protocol is held out")
@@ -64,9 +66,13 @@ class DataSpec(_Section):
     groups_file: Path | None = Field(
         None, description="YAML of material groups for lomo-grouped (default: the shipped one)"
     )
-    val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="share of train kept for validation")
+    val_fraction: float = Field(
+        0.15, ge=0.0, lt=1.0, description="share of train kept for validation"
+    )
     min_fold_size: int = Field(10, ge=1, description="test folds smaller than this are flagged")
-    scale_range: tuple[float, float] = Field((0.5, 1.5), description="random rescale before the crop")
+    scale_range: tuple[float, float] = Field(
+        (0.5, 1.5), description="random rescale before the crop"
+    )
     rare_repeat_threshold: float = Field(
         0.1,
         ge=0.0,
@@ -105,7 +111,7 @@ class ModelSpec(_Section):
     hierarchical: bool = Field(False, description="add binary and coarse heads")
     coarse_groups: dict[str, list[str]] = Field(
         default_factory=lambda: {k: list(v) for k, v in DEFAULT_COARSE_GROUPS.items()},
-        description="coarse damage groups: group name -> fine class names (every damage class once)",
+        description="damage groups: group name -> fine class names (each damage class once)",
     )
     grad_checkpointing: bool = False
 
@@ -146,7 +152,9 @@ class ModelSpec(_Section):
 
 class TrainSpec(_Section):
     steps: int = Field(20_000, gt=0, description="optimizer steps in total")
-    batch_size: int = Field(8, gt=0, description="samples per step per process (before accumulation)")
+    batch_size: int = Field(
+        8, gt=0, description="samples per step per process (before accumulation)"
+    )
     accum_steps: int = Field(1, gt=0, description="micro-batches accumulated per optimizer step")
     lr: float = Field(1e-4, gt=0, description="decoder learning rate")
     encoder_lr_mult: float = Field(0.1, gt=0, le=1, description="encoder lr = lr * this")
@@ -200,9 +208,7 @@ class SlurmSpec(_Section):
     time_min: int = Field(240, gt=0, description="time limit in minutes")
     nodes: int = Field(1, gt=0)
     gpus_per_node: int = Field(0, ge=0)
-    tasks_per_node: int | None = Field(
-        None, gt=0, description="default: one task per GPU, else 1"
-    )
+    tasks_per_node: int | None = Field(None, gt=0, description="default: one task per GPU, else 1")
     cpus_per_task: int = Field(4, gt=0)
     mem_gb: float = Field(32, gt=0)
     account: str | None = None
@@ -247,14 +253,14 @@ class Spec(_Section):
     name: str = _execution_only(default="default", min_length=1)
     kind: Kind = "multiclass"
     seed: int = Field(0, ge=0)
-    data: DataSpec = Field(default_factory=DataSpec)
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    loss: LossSpec = Field(default_factory=LossSpec)
-    slurm: SlurmSpec = _execution_only(default_factory=SlurmSpec)
-    mae: MaeSpec = Field(default_factory=MaeSpec)
-    meta: MetaSpec = Field(default_factory=MetaSpec)
-    adapt: AdaptSpec = Field(default_factory=AdaptSpec)
+    data: DataSpec = Field(default_factory=lambda: DataSpec())
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec())
+    train: TrainSpec = Field(default_factory=lambda: TrainSpec())
+    loss: LossSpec = Field(default_factory=lambda: LossSpec())
+    slurm: SlurmSpec = _execution_only(default_factory=lambda: SlurmSpec())
+    mae: MaeSpec = Field(default_factory=lambda: MaeSpec())
+    meta: MetaSpec = Field(default_factory=lambda: MetaSpec())
+    adapt: AdaptSpec = Field(default_factory=lambda: AdaptSpec())
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> Spec:

@@ -22,9 +22,17 @@ def _window(spec: Spec) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: EvalDataset, spec: Spec, rare: Sequence[str],
-             device: torch.device, autocast: Any, *, all_clean_baseline: bool = False,
-             max_images: int | None = None) -> dict[str, Any]:
+def evaluate(
+    model: torch.nn.Module,
+    dataset: EvalDataset,
+    spec: Spec,
+    rare: Sequence[str],
+    device: torch.device,
+    autocast: Any,
+    *,
+    all_clean_baseline: bool = False,
+    max_images: int | None = None,
+) -> dict[str, Any]:
     """Metrics of `model` over `dataset` (and, optionally, of predicting Clean everywhere)."""
     was_training = model.training
     model.eval()
@@ -55,9 +63,16 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def save_samples(model: torch.nn.Module, dataset: EvalDataset, spec: Spec, out_dir: Path,
-                 device: torch.device, autocast: Any, count: int) -> list[str]:
-    """figures/samples/<id>_{image,truth,pred}.png for the first `count` images (read by collect)."""
+def save_samples(
+    model: torch.nn.Module,
+    dataset: EvalDataset,
+    spec: Spec,
+    out_dir: Path,
+    device: torch.device,
+    autocast: Any,
+    count: int,
+) -> list[str]:
+    """figures/samples/<id>_{image,truth,pred}.png for the first `count` images (for collect)."""
     from PIL import Image
 
     model.eval()
@@ -67,11 +82,15 @@ def save_samples(model: torch.nn.Module, dataset: EvalDataset, spec: Spec, out_d
     for i in range(min(count, len(dataset))):
         item = dataset[i]
         with autocast():
-            logits = sliding_window_predict(model, item["image"].unsqueeze(0).to(device), window, stride)
+            logits = sliding_window_predict(
+                model, item["image"].unsqueeze(0).to(device), window, stride
+            )
         rgb = _to_uint8(item["image"])
         pred = logits.argmax(1)[0].cpu()
         Image.fromarray(rgb).save(out_dir / f"{item['id']}_image.png")
-        Image.fromarray(overlay(rgb, item["mask"], alpha=1.0)).save(out_dir / f"{item['id']}_truth.png")
+        Image.fromarray(overlay(rgb, item["mask"], alpha=1.0)).save(
+            out_dir / f"{item['id']}_truth.png"
+        )
         Image.fromarray(overlay(rgb, pred, alpha=1.0)).save(out_dir / f"{item['id']}_pred.png")
         written.append(item["id"])
     return written

@@ -92,11 +92,17 @@ class _Trainer:
         self.rare = rare_classes(class_table(manifest, train_ids))
         weights = None
         if spec.loss.class_weights != "none":
-            weights = class_weights(manifest, spec.loss.class_weights,
-                                    clip=spec.loss.weight_clip, ids=train_ids)
+            weights = class_weights(
+                manifest, spec.loss.class_weights, clip=spec.loss.weight_clip, ids=train_ids
+            )
         self.loader, self.sampler = build_train_loader(
-            spec, manifest, train_ids, rank=self.dist.rank, world_size=self.dist.world_size,
-            pin_memory=self.device.type == "cuda")
+            spec,
+            manifest,
+            train_ids,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            pin_memory=self.device.type == "cuda",
+        )
         self.val_set = build_eval_dataset(spec, manifest, self.fold.val or self.fold.test)
         self.test_set = build_eval_dataset(spec, manifest, self.fold.test)
 
@@ -106,19 +112,24 @@ class _Trainer:
         self.model = model
         self.lut = fine_to_coarse_lut(spec.model.coarse_groups).to(self.device)
         n_coarse = 1 + len(spec.model.coarse_groups) if spec.model.hierarchical else None
-        self.criterion = SegLoss(spec.loss, weights, spec.model.hierarchical, n_coarse).to(self.device)
+        self.criterion = SegLoss(spec.loss, weights, spec.model.hierarchical, n_coarse).to(
+            self.device
+        )
         self.optimizer = build_optimizer(model, spec.train)
         self.scheduler = build_scheduler(self.optimizer, spec.train)
         self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=spec.train.amp == "fp16" and self.device.type == "cuda")
+            "cuda", enabled=spec.train.amp == "fp16" and self.device.type == "cuda"
+        )
         self.forward = model
         if self.dist.world_size > 1:
             self.forward = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         if spec.train.compile:
             self.forward = torch.compile(self.forward)
-        self.ckpt = CheckpointManager(ctx.run.checkpoints, keep=spec.train.keep_checkpoints,
-                                      rank=self.dist.rank)
+        self.ckpt = CheckpointManager(
+            ctx.run.checkpoints, keep=spec.train.keep_checkpoints, rank=self.dist.rank
+        )
         self.progress = ProgressWriter(self.run_dir, spec.train.steps, enabled=ctx.is_main)
         # Training state beyond the modules (saved and restored with them).
         self.step = 0
@@ -188,8 +199,9 @@ class _Trainer:
         grad_norm = None
         if self.spec.train.clip_grad:
             self.scaler.unscale_(self.optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                             self.spec.train.clip_grad))
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.clip_grad)
+            )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -207,8 +219,9 @@ class _Trainer:
         metrics = {}
         if self.ctx.is_main:
             self.progress.note(phase="validate")
-            metrics = evaluate(self.model, self.val_set, self.spec, self.rare, self.device,
-                               self.autocast)
+            metrics = evaluate(
+                self.model, self.val_set, self.spec, self.rare, self.device, self.autocast
+            )
             miou = metrics["miou"] or 0.0
             improved = miou > self.best["miou"] + t.early_stop_min_delta
             if improved:
@@ -217,9 +230,15 @@ class _Trainer:
                 self.bad_validations = 0
             else:
                 self.bad_validations += 1
-            self.progress.log(self.step, "val", miou=miou, binary_miou=metrics["binary_miou"],
-                              coarse_miou=metrics["coarse_miou"], rare_miou=metrics["rare_miou"],
-                              per_class_iou=metrics["per_class_iou"])
+            self.progress.log(
+                self.step,
+                "val",
+                miou=miou,
+                binary_miou=metrics["binary_miou"],
+                coarse_miou=metrics["coarse_miou"],
+                rare_miou=metrics["rare_miou"],
+                per_class_iou=metrics["per_class_iou"],
+            )
             self.progress.update(self.step, val_miou=miou)
             self.progress.note(best_val_miou=self.best["miou"], best_step=self.best["step"])
         from jobs.distributed import broadcast_object
@@ -228,15 +247,21 @@ class _Trainer:
         return t.early_stop_patience is not None and self.bad_validations >= t.early_stop_patience
 
     def train(self) -> Outcome:
-        spec, t = self.spec, self.spec.train
+        t = self.spec.train
         # After resume: a loader iterator with workers starts drawing from the sampler at once,
         # so the sampler must already stand at the saved position.
         self.resume()
         batches = iter(self.loader)
         self.model.train()
         last_ckpt_time = time.monotonic()
-        bar = tqdm(total=t.steps, initial=self.step, desc=self.ctx.run.run_id, mininterval=5,
-                   disable=not self.ctx.is_main, dynamic_ncols=True)
+        bar = tqdm(
+            total=t.steps,
+            initial=self.step,
+            desc=self.ctx.run.run_id,
+            mininterval=5,
+            disable=not self.ctx.is_main,
+            dynamic_ncols=True,
+        )
         stopped_early = False
         t_log, n_log = time.perf_counter(), 0
         while self.step < t.steps:
@@ -252,17 +277,28 @@ class _Trainer:
             if self.step % t.log_every_steps == 0 or self.step == t.steps:
                 loss = float(torch.stack(losses).mean())
                 elapsed = time.perf_counter() - t_log
-                rate = n_log * t.batch_size * t.accum_steps * self.dist.world_size / max(elapsed, 1e-9)
+                rate = (
+                    n_log * t.batch_size * t.accum_steps * self.dist.world_size / max(elapsed, 1e-9)
+                )
                 lr = self.optimizer.param_groups[-1]["lr"]
-                self.progress.log(self.step, "train", loss=loss, lr=lr, grad_norm=grad_norm,
-                                  samples_per_s=round(rate, 2), epoch=self.sampler_state["epoch"])
+                self.progress.log(
+                    self.step,
+                    "train",
+                    loss=loss,
+                    lr=lr,
+                    grad_norm=grad_norm,
+                    samples_per_s=round(rate, 2),
+                    epoch=self.sampler_state["epoch"],
+                )
                 self.progress.update(self.step, epoch=self.sampler_state["epoch"], loss=loss)
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
                 t_log, n_log = time.perf_counter(), 0
             if self.step % t.val_every_steps == 0 or self.step == t.steps:
                 stopped_early = self.validate()
-            due = (self.step % t.checkpoint_every_steps == 0
-                   or time.monotonic() - last_ckpt_time > 60 * t.checkpoint_every_min)
+            due = (
+                self.step % t.checkpoint_every_steps == 0
+                or time.monotonic() - last_ckpt_time > 60 * t.checkpoint_every_min
+            )
             if self._stop_requested():
                 self.save(blocking=True)
                 bar.close()
@@ -292,11 +328,24 @@ class _Trainer:
             best = torch.load(best_path, map_location=self.device, weights_only=True)
             self.model.load_state_dict(best["model"])
             which = "best"
-        metrics = evaluate(self.model, self.test_set, self.spec, self.rare, self.device,
-                           self.autocast, all_clean_baseline=True)
-        samples = save_samples(self.model, self.test_set, self.spec,
-                               self.run_dir / "figures" / "samples", self.device, self.autocast,
-                               self.spec.train.overlays)
+        metrics = evaluate(
+            self.model,
+            self.test_set,
+            self.spec,
+            self.rare,
+            self.device,
+            self.autocast,
+            all_clean_baseline=True,
+        )
+        samples = save_samples(
+            self.model,
+            self.test_set,
+            self.spec,
+            self.run_dir / "figures" / "samples",
+            self.device,
+            self.autocast,
+            self.spec.train.overlays,
+        )
         state = self.ctx.run.state()
         wall = time.time() - self.ctx.started
         results = {
@@ -312,14 +361,30 @@ class _Trainer:
             "fold": self.spec.data.fold,
             "held_out": self.fold.held_out,
             "fold_sizes": self.fold.sizes,
-            **{k: metrics[k] for k in ("miou", "binary_miou", "coarse_miou", "rare_miou",
-                                       "per_class_iou", "per_class_f1", "confusion",
-                                       "rare_classes", "baseline_all_clean_miou",
-                                       "pixel_accuracy", "per_coarse_iou")},
+            **{
+                k: metrics[k]
+                for k in (
+                    "miou",
+                    "binary_miou",
+                    "coarse_miou",
+                    "rare_miou",
+                    "per_class_iou",
+                    "per_class_f1",
+                    "confusion",
+                    "rare_classes",
+                    "baseline_all_clean_miou",
+                    "pixel_accuracy",
+                    "per_coarse_iou",
+                )
+            },
             "confusion_normalization": "true (rows sum to 1)",
             "val": {"best_miou": self.best["miou"], "best_step": self.best["step"]},
-            "compute": {"wall_s": round(wall, 1), "restarts": state.get("restarts", 0),
-                        "device": str(self.device), "world_size": self.dist.world_size},
+            "compute": {
+                "wall_s": round(wall, 1),
+                "restarts": state.get("restarts", 0),
+                "device": str(self.device),
+                "world_size": self.dist.world_size,
+            },
             "samples": samples,
             "class_names": list(metrics["per_class_iou"]),
         }
@@ -328,14 +393,18 @@ class _Trainer:
 
 
 def _print_report(results: dict[str, Any]) -> None:
-    lines = [f"test mIoU {results['miou']:.4f} ({results['checkpoint']} checkpoint, step "
-             f"{results['step']}); predicting Clean everywhere: "
-             f"{results['baseline_all_clean_miou']:.4f}",
-             f"binary mIoU {results['binary_miou']}; rare-class mIoU {results['rare_miou']}"]
+    lines = [
+        f"test mIoU {results['miou']:.4f} ({results['checkpoint']} checkpoint, step "
+        f"{results['step']}); predicting Clean everywhere: "
+        f"{results['baseline_all_clean_miou']:.4f}",
+        f"binary mIoU {results['binary_miou']}; rare-class mIoU {results['rare_miou']}",
+    ]
     for name, iou in results["per_class_iou"].items():
         f1 = results["per_class_f1"][name]
-        lines.append(f"  {name:<14} IoU {'   -  ' if iou is None else f'{iou:.4f}'}  "
-                     f"F1 {'   -  ' if f1 is None else f'{f1:.4f}'}")
+        lines.append(
+            f"  {name:<14} IoU {'   -  ' if iou is None else f'{iou:.4f}'}  "
+            f"F1 {'   -  ' if f1 is None else f'{f1:.4f}'}"
+        )
     print("\n".join(lines), flush=True)
 
 

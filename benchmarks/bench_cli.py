@@ -1,0 +1,221 @@
+"""CLI latency: `hcli --help`, `hcli status` and `hcli status --json` over 500 run folders.
+
+Each command runs in a fresh process (what a user waits for: interpreter start, imports, reading
+the run folders, printing), interleaved with the baseline `python -c pass` measured in the same
+run. Goal (issue 2): each under 200 ms median on this machine.
+
+The run folders are generated in a temporary folder and look like real ones: a resolved
+spec.yaml, a state.json with job entries (SLURM ids, local pids, foreground runs), progress.json
+for every run that started (fresh heartbeats for running ones, stale ones for some), metrics.jsonl
+and results.json for finished runs. States are mixed like a study in progress.
+
+`hcli status` asks the scheduler about active jobs when `sbatch` is on the PATH. It is timed
+  - without SLURM: PATH holds no sbatch, so no scheduler query;
+  - with the real local SLURM (`/tmp/hcli-slurm/env.sh`), when it is up;
+and its scheduler calls are counted with a fake sbatch/squeue/sacct on the PATH, at two run
+counts: it must make ONE squeue call and at most ONE sacct call per invocation, whatever the
+number of runs.
+
+    .venv/bin/python benchmarks/bench_cli.py [--runs 500] [--reps 15] [--slurm-env FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._util import REPO, Samples, hcli_command, time_interleaved  # noqa: E402
+
+__all__ = ["make_runs", "count_scheduler_calls", "main"]
+
+GOAL_S = 0.200
+# (state, share) of a study in progress; most runs are finished.
+_STATE_MIX = [("COMPLETED", 0.55), ("FAILED", 0.08), ("CANCELLED", 0.07), ("RUNNING", 0.15),
+              ("PENDING", 0.08), ("REQUEUED", 0.07)]
+_BACKBONES = ("convnext", "swin", "maxvit")
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat(timespec="seconds")
+
+
+def _spec_yamls() -> dict[str, str]:
+    """One real resolved spec per backbone (the CLI's own code), varied per run below by seed."""
+    from hcli.spec import load_spec, spec_to_yaml
+
+    return {b: spec_to_yaml(load_spec("quickstart", kind="multiclass", flags={"model.backbone": b}))
+            for b in _BACKBONES}
+
+
+def make_runs(root: Path, n: int, seed: int = 0) -> dict[str, int]:
+    """`n` realistic run folders under `root`; returns how many runs are in each state."""
+    rng = random.Random(seed)
+    yamls = _spec_yamls()
+    now = datetime.now(UTC)
+    counts: dict[str, int] = {}
+    states, weights = zip(*_STATE_MIX, strict=True)
+    for i in range(n):
+        state = rng.choices(states, weights)[0]
+        counts[state] = counts.get(state, 0) + 1
+        backbone = _BACKBONES[i % 3]
+        run_id = f"multiclass-{backbone}-{rng.getrandbits(32):08x}"
+        run = root / run_id
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "logs").mkdir()
+        (run / "spec.yaml").write_text(yamls[backbone].replace("seed: 0", f"seed: {i}", 1))
+        created = now - timedelta(hours=rng.uniform(0.1, 200))
+        roll = rng.random()
+        if roll < 0.8:
+            executor, job_id = "slurm", str(100_000 + i) if rng.random() < 0.8 else f"{90_000 + i}_{i % 8}"
+        elif roll < 0.95:
+            executor, job_id = "local", f"local-{4_000_000 + i}"  # a pid no process has
+        else:
+            executor, job_id = "local", "foreground"
+        jobs = [{"job_id": job_id, "executor": executor, "submitted_at": _iso(created),
+                 "attempt": 1, "starts": [_iso(created + timedelta(minutes=2))]}]
+        restarts = rng.choice([0, 0, 0, 1, 2]) if state != "PENDING" else 0
+        st = {"run_id": run_id, "kind": "multiclass", "backbone": backbone, "name": "quickstart",
+              "state": state, "attempt": 1, "restarts": restarts, "executor": executor,
+              "jobs": jobs, "requeues": [{"at": _iso(created + timedelta(hours=1)), "step": 500,
+                                          "reason": "USR2", "job_id": job_id}] * restarts,
+              "created_at": _iso(created), "updated_at": _iso(now - timedelta(minutes=3)),
+              "message": "FileNotFoundError: ..." if state == "FAILED" else None,
+              "host": "node01", "pid": 4_000_000 + i}
+        (run / "state.json").write_text(json.dumps(st, indent=2))
+        if state == "PENDING":
+            continue
+        total = 20_000
+        step = total if state == "COMPLETED" else rng.randrange(100, total)
+        stale = state == "RUNNING" and rng.random() < 0.2
+        beat = now - timedelta(seconds=rng.uniform(600, 5000) if stale else rng.uniform(0, 30))
+        miou = round(rng.uniform(0.1, 0.6), 4)
+        progress = {"step": step, "total_steps": total, "epoch": step // 500, "phase": "train",
+                    "eta_s": round((total - step) * 0.4, 1), "heartbeat": _iso(beat),
+                    "latest": {"loss": round(rng.uniform(0.2, 1.5), 4), "val_miou": miou},
+                    "best_val_miou": miou, "best_step": step - step % 500}
+        (run / "progress.json").write_text(json.dumps(progress))
+        with open(run / "metrics.jsonl", "w") as fh:
+            for s in range(10, min(step, 2000) + 1, 10):
+                fh.write(json.dumps({"step": s, "time": _iso(beat), "split": "train",
+                                     "loss": 1.0 / s, "lr": 1e-4, "samples_per_s": 9.5}) + "\n")
+        if state == "COMPLETED":
+            (run / "results.json").write_text(json.dumps(
+                {"run_id": run_id, "kind": "multiclass", "backbone": backbone, "miou": miou,
+                 "per_class_iou": {f"class{c}": miou for c in range(16)},
+                 "confusion": [[0.0] * 16 for _ in range(16)]}))
+    return counts
+
+
+_FAKE = """#!/bin/sh
+# Counts calls; answers like a SLURM that knows none of the jobs.
+echo "$(basename "$0") $*" >> {log}
+exit 0
+"""
+
+
+def _fake_scheduler(folder: Path, log: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("sbatch", "squeue", "sacct"):
+        path = folder / name
+        path.write_text(_FAKE.format(log=shlex.quote(str(log))))
+        path.chmod(0o755)
+    return folder
+
+
+def count_scheduler_calls(root: Path, fake_bin: Path, *args: str) -> dict[str, int]:
+    """squeue/sacct calls made by one `hcli status ARGS` with the fake scheduler on the PATH."""
+    log = fake_bin / "calls.log"
+    log.unlink(missing_ok=True)
+    env = dict(os.environ, PATH=f"{fake_bin}{os.pathsep}{os.environ.get('PATH', '')}")
+    subprocess.run([*hcli_command(), "status", "--runs-dir", str(root), *args], env=env,
+                   cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    calls = log.read_text().splitlines() if log.exists() else []
+    return {name: sum(1 for c in calls if c.split()[0] == name) for name in ("squeue", "sacct")}
+
+
+def _slurm_env(env_file: Path) -> dict[str, str] | None:
+    """The environment after `source env_file`, when it exists and squeue answers."""
+    if not env_file.is_file():
+        return None
+    done = subprocess.run(["bash", "-c", f"source {shlex.quote(str(env_file))} && env -0"],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        return None
+    env = dict(line.split("=", 1) for line in done.stdout.decode().split("\0") if "=" in line)
+    probe = subprocess.run(["squeue", "-h"], env=env, capture_output=True, check=False)
+    return env if probe.returncode == 0 else None
+
+
+def _report(title: str, results: dict[str, Samples], base: str = "python -c pass") -> list[str]:
+    b = results[base].median
+    lines = [f"\n{title}", f"  {base:<26} {results[base].spread()}"]
+    for name, s in results.items():
+        if name == base:
+            continue
+        verdict = "ok" if s.median < GOAL_S else "MISSED"
+        lines.append(f"  {name:<26} {s.spread()}")
+        lines.append(f"  {'':<26} -> +{(s.median - b) * 1e3:.0f} ms over python, "
+                     f"{s.median / b:.1f}x; goal < {GOAL_S * 1e3:.0f} ms: {verdict}")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=500)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--slurm-env", type=Path, default=Path("/tmp/hcli-slurm/env.sh"))
+    args = ap.parse_args()
+    hcli = hcli_command()
+    py = [sys.executable, "-c", "pass"]
+    with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
+        root = Path(tmp) / "runs"
+        counts = make_runs(root, args.runs)
+        print(f"{args.runs} run folders in {root}: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        no_slurm_bin = Path(tmp) / "empty-bin"  # a PATH with no sbatch: no scheduler queries
+        no_slurm_bin.mkdir()
+        no_slurm = dict(os.environ, PATH=str(no_slurm_bin))
+        no_slurm.pop("HCLI_DEBUG", None)
+        status = [*hcli, "status", "--runs-dir", str(root)]
+        cmds = {"python -c pass": py, "hcli --help": [*hcli, "--help"], "hcli status": status,
+                "hcli status --json": [*status, "--json"]}
+        lines = _report("without SLURM on the PATH", time_interleaved(cmds, args.reps, env=no_slurm))
+
+        slurm = _slurm_env(args.slurm_env)
+        if slurm is None:
+            lines.append(f"\nwith SLURM: skipped ({args.slurm_env} missing or squeue not answering)")
+        else:
+            slurm.pop("HCLI_DEBUG", None)
+            cmds = {"python -c pass": py, "hcli status": status,
+                    "hcli status --json": [*status, "--json"]}
+            lines += _report(f"with the real SLURM ({args.slurm_env})",
+                             time_interleaved(cmds, args.reps, env=slurm))
+
+        fake = _fake_scheduler(Path(tmp) / "fake-bin", Path(tmp) / "fake-bin" / "calls.log")
+        small = Path(tmp) / "runs-small"
+        make_runs(small, 20, seed=1)
+        lines.append("\nscheduler calls per invocation (fake sbatch/squeue/sacct on the PATH):")
+        ok = True
+        for label, folder in (("20 runs", small), (f"{args.runs} runs", root)):
+            for extra in ((), ("--json",)):
+                c = count_scheduler_calls(folder, fake, *extra)
+                good = c["squeue"] == 1 and c["sacct"] <= 1
+                ok &= good
+                lines.append(f"  {label:>9}, hcli status {' '.join(extra):<6}: squeue {c['squeue']}, "
+                             f"sacct {c['sacct']}  {'ok' if good else 'WRONG (want 1 and <= 1)'}")
+    print("\n".join(lines))
+    if not ok:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
