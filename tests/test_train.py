@@ -208,3 +208,15 @@ def test_sigterm_saves_and_resume_continues(synth_data, tmp_path):
     run_cli(["resume", run.name, "--foreground", "--runs-dir", str(runs)])
     state = json.loads((run / "state.json").read_text())
     assert state["state"] == "COMPLETED" and state["restarts"] == 1
+
+
+def test_bf16_channels_last_checkpointing_accumulation(synth_data, tmp_path):
+    run = _train(tmp_path / "runs", synth_data, "train.amp=bf16", "train.channels_last=true",
+                 "model.grad_checkpointing=true", "train.accum_steps=2", "train.schedule=cosine",
+                 "loss.name=ce", "loss.class_weights=log", "model.hierarchical=true",
+                 "train.steps=6", "train.val_every_steps=6")
+    results = json.loads((run / "results.json").read_text())
+    assert 0.0 <= results["miou"] <= 1.0
+    losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()
+              if '"split": "train"' in x]
+    assert losses and all(loss == loss and loss < 100 for loss in losses)  # finite

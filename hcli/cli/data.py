@@ -45,22 +45,25 @@ def prepare_cmd(
     max_side: int = typer.Option(2048, "--max-side", help="Shrink so the long side is at most."),
     workers: int = typer.Option(1, "--workers", help="Processes, one source shard each."),
     cluster: bool = typer.Option(
-        False,
-        "--cluster",
-        help="Run as a SLURM job array, one task per source shard (arrives with the cluster "
-        "issue; not available yet).",
+        False, "--cluster", help="A SLURM job array, one task per source shard, then a merge."
     ),
+    partition: str | None = typer.Option(None, "--partition", help="With --cluster."),
+    time_min: int = typer.Option(60, "--time-min", help="With --cluster: per-task limit."),
+    mem_gb: float = typer.Option(4, "--mem-gb", help="With --cluster: memory per task."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Convert parquet shards to chunked HDF5 shards; resumable and idempotent."""
-    from hcli.cli._common import echo_err
-
     if cluster:
-        echo_err(
-            "error: --cluster (one SLURM array task per source shard) arrives with the cluster "
-            "issue; run without --cluster, using --workers N for parallelism"
-        )
-        raise typer.Exit(2)
+        from pathlib import Path
+
+        from hcli.launch._prepare import submit_prepare
+
+        sub = submit_prepare(source, Path(out), max_side, partition=partition,
+                             time_min=time_min, mem_gb=mem_gb)
+        typer.echo(f"array job {sub.array_job or '-'}: {sub.tasks} source shard(s) to prepare, "
+                   f"{sub.reused} already done; merge job {sub.merge_job} writes "
+                   f"{out}/manifest.json after them (logs: {sub.folder})")
+        return
     from hcli.data.prepare import format_summary, prepare
 
     report = prepare(source, out, max_side=max_side, workers=workers, progress=not quiet)
