@@ -62,7 +62,8 @@ def time_command(cmd: Sequence[str], env: Mapping[str, str] | None = None,
                           env=dict(env) if env is not None else None, cwd=cwd, check=False)
     elapsed = time.perf_counter() - t0
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr.decode()[-2000:]}")
+        tail = done.stderr.decode()[-2000:]
+        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {tail}")
     return elapsed
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._util import REPO, Samples, hcli_command, time_interleaved  # noqa: E402
 
-__all__ = ["make_runs", "count_scheduler_calls", "main"]
+__all__ = ["make_runs", "count_scheduler_calls", "active_slurm_jobs", "main"]
 
 GOAL_S = 0.200
 # (state, share) of a study in progress; most runs are finished.
@@ -74,8 +74,9 @@ def make_runs(root: Path, n: int, seed: int = 0) -> dict[str, int]:
         (run / "spec.yaml").write_text(yamls[backbone].replace("seed: 0", f"seed: {i}", 1))
         created = now - timedelta(hours=rng.uniform(0.1, 200))
         roll = rng.random()
-        if roll < 0.8:
-            executor, job_id = "slurm", str(100_000 + i) if rng.random() < 0.8 else f"{90_000 + i}_{i % 8}"
+        if roll < 0.8:  # SLURM jobs, a fifth of them array tasks
+            executor = "slurm"
+            job_id = str(100_000 + i) if rng.random() < 0.8 else f"{90_000 + i}_{i % 8}"
         elif roll < 0.95:
             executor, job_id = "local", f"local-{4_000_000 + i}"  # a pid no process has
         else:
@@ -132,14 +133,29 @@ def _fake_scheduler(folder: Path, log: Path) -> Path:
 
 
 def count_scheduler_calls(root: Path, fake_bin: Path, *args: str) -> dict[str, int]:
-    """squeue/sacct calls made by one `hcli status ARGS` with the fake scheduler on the PATH."""
+    """squeue/sacct calls made by one `hcli status ARGS` with the fake scheduler on the PATH,
+    and how many job ids the squeue call asked about."""
     log = fake_bin / "calls.log"
     log.unlink(missing_ok=True)
     env = dict(os.environ, PATH=f"{fake_bin}{os.pathsep}{os.environ.get('PATH', '')}")
     subprocess.run([*hcli_command(), "status", "--runs-dir", str(root), *args], env=env,
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    calls = log.read_text().splitlines() if log.exists() else []
-    return {name: sum(1 for c in calls if c.split()[0] == name) for name in ("squeue", "sacct")}
+    calls = [c.split() for c in (log.read_text().splitlines() if log.exists() else [])]
+    out = {name: sum(1 for c in calls if c[0] == name) for name in ("squeue", "sacct")}
+    asked = [c[c.index("-j") + 1] for c in calls if c[0] == "squeue" and "-j" in c]
+    out["asked"] = len(asked[0].split(",")) if asked else 0
+    return out
+
+
+def active_slurm_jobs(root: Path) -> int:
+    """Distinct SLURM jobs (arrays count once) of the runs whose state.json says active."""
+    jobs = set()
+    for state_file in root.glob("*/state.json"):
+        st = json.loads(state_file.read_text())
+        job = st["jobs"][-1]["job_id"] if st.get("jobs") else ""
+        if st["state"] in ("PENDING", "RUNNING", "REQUEUED") and job[:1].isdigit():
+            jobs.add(job.split("_")[0])
+    return len(jobs)
 
 
 def _slurm_env(env_file: Path) -> dict[str, str] | None:
@@ -188,11 +204,12 @@ def main() -> None:
         status = [*hcli, "status", "--runs-dir", str(root)]
         cmds = {"python -c pass": py, "hcli --help": [*hcli, "--help"], "hcli status": status,
                 "hcli status --json": [*status, "--json"]}
-        lines = _report("without SLURM on the PATH", time_interleaved(cmds, args.reps, env=no_slurm))
+        lines = _report("without SLURM on the PATH",
+                        time_interleaved(cmds, args.reps, env=no_slurm))
 
         slurm = _slurm_env(args.slurm_env)
         if slurm is None:
-            lines.append(f"\nwith SLURM: skipped ({args.slurm_env} missing or squeue not answering)")
+            lines.append(f"\nwith SLURM: skipped ({args.slurm_env} missing or squeue silent)")
         else:
             slurm.pop("HCLI_DEBUG", None)
             cmds = {"python -c pass": py, "hcli status": status,
@@ -206,12 +223,15 @@ def main() -> None:
         lines.append("\nscheduler calls per invocation (fake sbatch/squeue/sacct on the PATH):")
         ok = True
         for label, folder in (("20 runs", small), (f"{args.runs} runs", root)):
+            want = active_slurm_jobs(folder)
             for extra in ((), ("--json",)):
                 c = count_scheduler_calls(folder, fake, *extra)
-                good = c["squeue"] == 1 and c["sacct"] <= 1
+                good = c["squeue"] == (1 if want else 0) and c["sacct"] <= 1 and c["asked"] == want
                 ok &= good
-                lines.append(f"  {label:>9}, hcli status {' '.join(extra):<6}: squeue {c['squeue']}, "
-                             f"sacct {c['sacct']}  {'ok' if good else 'WRONG (want 1 and <= 1)'}")
+                verdict = "ok" if good else f"WRONG (want 1 squeue about {want} jobs, <= 1 sacct)"
+                lines.append(f"  {label:>9}, hcli status {' '.join(extra):<6}: "
+                             f"squeue {c['squeue']} (about {c['asked']} jobs; active SLURM jobs "
+                             f"{want}), sacct {c['sacct']}  {verdict}")
     print("\n".join(lines))
     if not ok:
         raise SystemExit(1)

@@ -1,7 +1,8 @@
 """Where every run stands: the run folder first, the scheduler as a second witness.
 
-One `squeue` (and one `sacct` for jobs squeue no longer knows) per call, whatever the number of
-runs (submitit #1720: status must not depend on one query per job, nor on sacct alone).
+One `squeue` (and one `sacct` for jobs squeue no longer knows) per call, about the runs recorded
+as active only, whatever the number of runs (submitit #1720: status must not depend on one query
+per job, nor on sacct alone).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hcli.scheduler import job_alive, scheduler_states
 __all__ = ["STALE_AFTER_S", "status_rows"]
 
 STALE_AFTER_S = 300.0
+_ACTIVE = ("PENDING", "RUNNING", "REQUEUED")
 _SCHEDULER_TERMINAL = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                        "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 
@@ -56,7 +58,11 @@ def status_rows(root: Path, *, kind: str | None = None, state: str | None = None
             progress = _read(os.path.join(entry.path, "progress.json")) or {}
             raw.append((entry.path, st, progress))
     job_ids = [(st.get("jobs") or [{}])[-1].get("job_id") for _, st, _ in raw]
-    witness = scheduler_states([j for j in job_ids if j]) if query_scheduler else {}
+    # Only runs the folder calls active need a witness (a finished run's state is settled), and
+    # a study's hundreds of old job ids would make the sacct call slow (benchmarks/bench_cli.py).
+    active = [j for (_, st, _), j in zip(raw, job_ids, strict=True)
+              if j and st.get("state") in _ACTIVE]
+    witness = scheduler_states(active) if query_scheduler else {}
     rows = []
     for (path, st, progress), job_id in zip(raw, job_ids, strict=True):
         row = _row(path, st, progress, job_id, witness, now)
@@ -72,13 +78,11 @@ def _row(path: str, st: dict[str, Any], progress: dict[str, Any], job_id: str | 
     scheduler = witness.get(job_id or "")
     heartbeat_age = _age_s(progress.get("heartbeat"), now)
     derived = recorded
-    if recorded in ("RUNNING", "PENDING", "REQUEUED"):
+    if recorded in _ACTIVE:
         alive = job_alive(job_id, witness, st)
-        if scheduler in _SCHEDULER_TERMINAL or (scheduler == "COMPLETED" and recorded != "COMPLETED"):
+        if scheduler in _SCHEDULER_TERMINAL or scheduler == "COMPLETED":
             derived = "FAILED" if scheduler != "CANCELLED" else "CANCELLED"
-        elif alive is False and recorded != "PENDING":
-            derived = "FAILED"
-        elif alive is False and recorded == "PENDING" and job_id and job_id.startswith("local-"):
+        elif alive is False and (recorded != "PENDING" or (job_id or "").startswith("local-")):
             derived = "FAILED"
         elif recorded == "RUNNING" and heartbeat_age is not None and heartbeat_age > STALE_AFTER_S \
                 and alive is not True:

@@ -194,23 +194,33 @@ def status(
             pass
 
 
+_COLUMNS = ("run id", "kind", "backbone", "state", "job", "restarts", "progress", "val mIoU",
+            "ETA", "heartbeat")
+
+
+def _cells(r: dict) -> list[str]:
+    prog = "-"
+    if r["step"] is not None and r["total_steps"]:
+        prog = f"{r['step']}/{r['total_steps']} ({100 * r['progress']:.0f}%)"
+    metric = f"{r['latest_metric']:.3f}" if isinstance(r["latest_metric"], int | float) else "-"
+    age = r["heartbeat_age_s"]
+    beat = _fmt_duration(age) + (" ago" if age is not None else "")
+    return [r["run_id"], r["kind"] or "-", r["backbone"] or "-", r["state"], r["job_id"] or "-",
+            str(r["restarts"]), prog, metric, _fmt_duration(r["eta_s"]), beat]
+
+
 def _status_table(rows: list[dict], root: Path):  # type: ignore[no-untyped-def]
+    """The rich table `--watch` refreshes in place."""
     from rich.table import Table
 
     table = Table(title=f"runs in {root}", title_justify="left")
-    for col in ("run id", "kind", "backbone", "state", "job", "restarts", "progress", "val mIoU",
-                "ETA", "heartbeat"):
+    for col in _COLUMNS:
         table.add_column(col, no_wrap=col in ("run id", "job"))
     for r in rows:
-        prog = "-"
-        if r["step"] is not None and r["total_steps"]:
-            prog = f"{r['step']}/{r['total_steps']} ({100 * r['progress']:.0f}%)"
-        metric = f"{r['latest_metric']:.3f}" if isinstance(r["latest_metric"], int | float) else "-"
+        cells = _cells(r)
         style = _STATE_STYLE.get(r["state"], "")
-        table.add_row(r["run_id"], r["kind"] or "-", r["backbone"] or "-",
-                      f"[{style}]{r['state']}[/]" if style else r["state"], r["job_id"] or "-",
-                      str(r["restarts"]), prog, metric, _fmt_duration(r["eta_s"]),
-                      _fmt_duration(r["heartbeat_age_s"]) + (" ago" if r["heartbeat_age_s"] is not None else ""))
+        cells[3] = f"[{style}]{cells[3]}[/]" if style else cells[3]
+        table.add_row(*cells)
     return table
 
 
@@ -218,10 +228,21 @@ def _print_status(rows: list[dict], root: Path) -> None:
     if not rows:
         typer.echo(f"no runs under {root} (submit one: hcli submit multiclass --config quickstart)")
         return
-    from rich.console import Console
-
-    # Piped output (grep, logs) gets whole rows instead of a table squeezed to 80 columns.
-    Console(width=None if sys.stdout.isatty() else 220).print(_status_table(rows, root))
+    # Fixed-width columns by hand, not rich.Table: rich measures and wraps every cell, ~0.5 s for
+    # 500 runs on a 2-core machine (benchmarks/bench_cli.py), against a few ms here; one run per
+    # line never needs wrapping, and piped output (grep, logs) gets whole rows.
+    table = [list(_COLUMNS), *(_cells(r) for r in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(_COLUMNS))]
+    lines = [f"runs in {root}"]
+    for n, cells in enumerate(table):
+        padded = [cell.ljust(width) for cell, width in zip(cells[:-1], widths, strict=False)]
+        padded.append(cells[-1])
+        if n == 0:
+            padded = [typer.style(cell, bold=True) for cell in padded]
+        elif cells[3] in _STATE_STYLE:
+            padded[3] = typer.style(padded[3], fg=_STATE_STYLE[cells[3]])
+        lines.append("  ".join(padded).rstrip())
+    typer.echo("\n".join(lines))  # typer.echo drops the colours when stdout is not a terminal
 
 
 def logs(

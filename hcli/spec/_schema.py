@@ -106,6 +106,9 @@ class ModelSpec(_Section):
     init_from: str | None = Field(
         None, description="run id or checkpoint file whose encoder initialises this run"
     )
+    init_allow_test_overlap: bool = Field(
+        False, description="allow init_from a run that trained on this run's test images"
+    )
     decoder_channels: int = Field(256, gt=0, description="UPerNet channel width")
     pool_scales: tuple[int, ...] = (1, 2, 3, 6)
     hierarchical: bool = Field(False, description="add binary and coarse heads")

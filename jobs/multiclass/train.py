@@ -106,7 +106,13 @@ class _Trainer:
         self.val_set = build_eval_dataset(spec, manifest, self.fold.val or self.fold.test)
         self.test_set = build_eval_dataset(spec, manifest, self.fold.test)
 
-        model = build_segmenter(spec.model, spec.data.crop_size).to(self.device)
+        model = build_segmenter(spec.model, spec.data.crop_size)
+        if spec.model.init_from:
+            from jobs.init_from import load_init_weights
+
+            source = load_init_weights(model, spec, manifest, self.fold.test, ctx.run.path.parent)
+            print(f"encoder initialised from {source}", flush=True)
+        model = model.to(self.device)
         if spec.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
