@@ -88,7 +88,10 @@ class SegMetrics:
         self._coarse_lut = fine_to_coarse_lut(groups)[:num_classes]
         self._binary_lut = (self._coarse_lut > 0).long()
         self.rare_ids = sorted({self._class_id(c) for c in rare_classes})
-        self.confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
+        # Evaluation runs on rank 0 alone while the other ranks wait in a collective, so
+        # torchmetrics must not all-gather on compute() (it would deadlock under DDP).
+        self.confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index,
+                                                 sync_on_compute=False)
 
     def _class_id(self, c: str | int) -> int:
         if isinstance(c, int):

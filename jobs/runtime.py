@@ -124,11 +124,36 @@ def run_job(run_dir: Path) -> dict[str, Any]:
     return _after_stop(ctx, outcome, submitit_usr2)
 
 
+def _slurm_is_ending_job() -> bool:
+    """True when SLURM itself is ending this job (a plain `scancel`, the time limit).
+
+    Such a SIGTERM looks like a preemption warning, but `scontrol requeue` of a job SLURM already
+    marked COMPLETING succeeds and brings back a job the user cancelled (seen on Slurm 22.05), so
+    we requeue only while SLURM still counts the job as running.
+    """
+    import subprocess
+
+    from jobs.signals import slurm_job_id
+
+    job_id = slurm_job_id()
+    if job_id is None:
+        return False
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
+                             text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+    return fields.get("JobState") in ("COMPLETING", "CANCELLED")
+
+
 def _after_stop(ctx: JobContext, outcome: Outcome, submitit_usr2: Any) -> dict[str, Any]:
     run = ctx.run
     cancelled = run.state().get("state") == "CANCELLED"  # `hcli cancel` marks before scancel
-    if cancelled or not _on_slurm() or not callable(submitit_usr2):
-        msg = (f"stopped by {outcome.reason} at step {outcome.step}; "
+    ending = outcome.reason == "SIGTERM" and _on_slurm() and _slurm_is_ending_job()
+    if cancelled or ending or not _on_slurm() or not callable(submitit_usr2):
+        by = "scancel or the scheduler ending the job" if ending else outcome.reason
+        msg = (f"stopped by {by} at step {outcome.step}; "
                f"`hcli resume {run.run_id}` continues from the checkpoint")
         _update(run, state="CANCELLED", message=msg)
         return {"status": "stopped", "step": outcome.step}

@@ -304,13 +304,16 @@ def test_dataset_level_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         prepare(str(tmp_path / "missing" / "dir"), tmp_path / "o5", progress=False)
 
 
-def test_cli(source, tmp_path: Path) -> None:
-    from hcli.cli import app
+def test_cli(source, tmp_path: Path, monkeypatch, capsys) -> None:
+    from hcli.cli import app, main
 
     runner = CliRunner()
-    res = runner.invoke(app, ["data", "prepare", "--source", str(source[0]), "--out",
-                              str(tmp_path), "--cluster"])
-    assert res.exit_code == 2 and "cluster issue" in res.output
+    monkeypatch.setenv("PATH", "/nonexistent")  # no sbatch: --cluster must say so, exit 2
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "prepare", "--source", str(source[0]), "--out", str(tmp_path / "c"),
+              "--cluster"])
+    assert exc.value.code == 2 and "sbatch is not on the PATH" in capsys.readouterr().err
+    monkeypatch.undo()
     res = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "s"), "--n", "3",
                               "--size", "64"])
     assert res.exit_code == 0, res.output

@@ -51,7 +51,9 @@ def dependency_for(root: Path, refs: list[str]) -> str | None:
             )
         job = run.job_id
         if not job or job.startswith(("local-", "foreground")):
-            raise RunError(f"--after {ref}: that run has no SLURM job to wait for; submit it with --cluster")
+            raise RunError(
+                f"--after {ref}: that run has no SLURM job to wait for; submit it with --cluster"
+            )
         job_ids.append(job)
     return "afterok:" + ":".join(job_ids) if job_ids else None
 
@@ -105,7 +107,9 @@ def submit_runs(
             if waiting:
                 fresh.append((p, run, False))
             elif current in ACTIVE_STATES and force:
-                raise RunError(f"run {p.run_id} is {current}; cancel it first (hcli cancel {p.run_id})")
+                raise RunError(
+                    f"run {p.run_id} is {current}; cancel it first (hcli cancel {p.run_id})"
+                )
             elif current in ACTIVE_STATES or (current == "COMPLETED" and not force):
                 outcomes.append(SubmitOutcome(p.run_id, "exists", current, run.job_id, run_dir))
             elif force:
@@ -185,7 +189,8 @@ def _launch_slurm(planned: list[PlannedRun], runs: list[Run], root: Path,
             ids.extend(described(j) for j in jobs)
         return ids
     except (OSError, RuntimeError) as exc:  # submitit raises RuntimeError on sbatch failure
-        raise ClusterError(f"sbatch failed: {str(exc).strip().splitlines()[-1] if str(exc) else exc}") from exc
+        why = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        raise ClusterError(f"sbatch failed: {why}") from exc
 
 
 def _dry_run(p: PlannedRun, root: Path, mode: Mode, dependency: str | None) -> SubmitOutcome:
@@ -197,14 +202,39 @@ def _dry_run(p: PlannedRun, root: Path, mode: Mode, dependency: str | None) -> S
                          p.spec.model_dump(mode="json"))
 
 
+def _wait_until_ended(run: Run, state: dict, timeout_s: float = 60.0) -> None:
+    """Let a cancelled job finish saving before a new one starts from its checkpoints.
+
+    After `hcli cancel` the job still writes its stop checkpoint (SLURM shows it COMPLETING for
+    up to KillWait seconds); a new job started meanwhile would resume from an older checkpoint
+    while the old one still writes into the same folder.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while job_alive(run.job_id, state=state) is True:
+        if time.monotonic() > deadline:
+            raise RunError(
+                f"run {run.run_id} is {state['state']} but its job {run.job_id} is still ending "
+                f"after {timeout_s:.0f} s; try `hcli resume {run.run_id}` again shortly"
+            )
+        time.sleep(1.0)
+
+
 def resume_run(root: Path, ref: str, *, mode: Mode) -> SubmitOutcome:
     """Continue a stopped, failed or cancelled run from its newest checkpoint."""
     run = find_run(root, ref)
+    state = run.state()
+    if state["state"] not in ACTIVE_STATES:
+        # Outside the lock: the ending job takes it to record how it stopped.
+        _wait_until_ended(run, state)
     with run_lock(root, run.run_id):
         state = run.state()
         current = state["state"]
         if current == "COMPLETED":
-            raise RunError(f"run {run.run_id} is COMPLETED; use `hcli submit ... --force` to redo it")
+            raise RunError(
+                f"run {run.run_id} is COMPLETED; use `hcli submit ... --force` to redo it"
+            )
         if current in ACTIVE_STATES and job_alive(run.job_id, state=state) is not False:
             raise RunError(
                 f"run {run.run_id} is {current} (job {run.job_id}); cancel it first "
@@ -215,4 +245,3 @@ def resume_run(root: Path, ref: str, *, mode: Mode) -> SubmitOutcome:
         job_id, logs = _launch([PlannedRun(run.run_id, spec)], [run], root, mode, None, None)[0]
         run.add_job(job_id, mode if mode != "foreground" else "local", resumed=True, **logs)
     return SubmitOutcome(run.run_id, "submitted", "PENDING", job_id, run.path)
-

@@ -1,0 +1,249 @@
+"""Loop efficiency: steps/s of the multiclass job's real loop vs a bare forward/backward/step.
+
+Candidate: `jobs.multiclass.train._Trainer.train()`, the loop the job runs, built on a real run
+folder from prepared HDF5 data (synthesized and prepared in a temporary folder by `hcli data
+synth` and `hcli data prepare`): the DataLoader, hierarchical targets, logging to metrics.jsonl,
+TensorBoard and progress.json, tqdm, the stop-flag check and a checkpoint every
+`--ckpt-every` steps, written in the background. Validation is off during the timed window.
+
+Baseline, in the same process and run: a bare loop over the same batches held in memory
+(drawn from the same loader beforehand): forward, the same loss, backward, the same gradient
+clipping, optimizer and scheduler step, on a copy of the same model with its own optimizer.
+
+Both are timed from the end of step `--warmup` to the end of the last step (process start,
+model build, the first steps' allocations, and the job's final validation and test evaluation
+are outside the window). Each repetition builds a fresh run and alternates which side goes first,
+so load from other processes hits both. Goal (issue 4): full / bare >= 0.95.
+
+    .venv/bin/python benchmarks/bench_loop.py [--steps 200] [--reps 3] [--workers 0,1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._util import REPO, hcli_command  # noqa: E402
+
+__all__ = ["prepare_data", "build_trainer", "draw_batches", "BareLoop", "time_interleaved",
+           "main"]
+
+GOAL = 0.95
+# tests/conftest.py's TINY model, at crop 128; validation out of the timed window.
+TINY = [
+    "model.backbone=convnext",
+    "model.encoder_kwargs={depths: [1, 1, 1, 1], dims: [16, 32, 64, 128]}",
+    "model.decoder_channels=16",
+    "data.crop_size=128",
+    "data.k=3",
+    "train.batch_size=2",
+    "train.warmup_steps=10",
+    "train.log_every_steps=10",
+    "train.device=cpu",
+    "train.overlays=1",
+]
+
+
+def prepare_data(base: Path, n: int = 24, size: int = 256) -> Path:
+    """Synthetic ARTeFACT-format images prepared to HDF5 shards, as a user would."""
+    raw, prepared = base / "raw", base / "prepared"
+    for args in (["data", "synth", "--out", str(raw), "--n", str(n), "--seed", "1",
+                  "--size", str(size)],
+                 ["data", "prepare", "--source", str(raw), "--out", str(prepared)]):
+        subprocess.run([*hcli_command(), *args], check=True, cwd=REPO,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return prepared
+
+
+def build_trainer(runs: Path, overrides: list[str]) -> Any:
+    """A `_Trainer` on a fresh run folder, built the way the job entry point builds it."""
+    from hcli.launch import plan_runs
+    from hcli.runs import create_run
+    from jobs.multiclass.train import _Trainer
+    from jobs.runtime import JobContext
+    from jobs.signals import StopFlag
+
+    planned = plan_runs("multiclass", overrides=overrides)[0]
+    run = create_run(runs, planned.run_id, planned.spec, snapshot=False)
+    ctx = JobContext(run=run, spec=run.spec(), job_id="bench", stop=StopFlag())
+    return _Trainer(ctx)
+
+
+def draw_batches(trainer: Any, n: int) -> tuple[list[tuple[Any, Any]], float]:
+    """`n` batches from a separate iterator over the trainer's own loader, on the device with
+    targets derived; and the time per batch (what the loop pays for data with 0 workers)."""
+    import torch
+
+    from jobs.hierarchy import derive_targets
+
+    spec, it = trainer.spec, iter(trainer.loader)
+    out, t0 = [], time.perf_counter()
+    for _ in range(n):
+        batch = next(it)
+        images = batch["image"].to(trainer.device)
+        if spec.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        masks = batch["mask"].to(trainer.device)
+        targets = derive_targets(masks, trainer.lut) if spec.model.hierarchical else masks
+        out.append((images, targets))
+    return out, (time.perf_counter() - t0) / n
+
+
+class BareLoop:
+    """Forward, loss, backward, clip, optimizer and scheduler step over in-memory batches, on a
+    copy of the trainer's model with its own optimizer and scheduler (same builders)."""
+
+    def __init__(self, trainer: Any, batches: list[tuple[Any, Any]]) -> None:
+        from jobs.optim import build_optimizer, build_scheduler
+
+        self.train_spec = trainer.spec.train
+        self.model = copy.deepcopy(trainer.model)
+        self.model.train()
+        self.optimizer = build_optimizer(self.model, self.train_spec)
+        self.scheduler = build_scheduler(self.optimizer, self.train_spec)
+        self.criterion = trainer.criterion
+        self.batches = batches
+        self.done = 0
+        self.seconds = 0.0
+        self.timed_steps = 0
+
+    def run(self, n: int, timed: bool = True) -> None:
+        import torch
+
+        clip = self.train_spec.clip_grad
+        t0 = time.perf_counter()
+        for _ in range(n):
+            images, targets = self.batches[self.done % len(self.batches)]
+            loss, _ = self.criterion(self.model(images), targets)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.done += 1
+        if timed:
+            self.seconds += time.perf_counter() - t0
+            self.timed_steps += n
+
+
+def time_interleaved(trainer: Any, bare: BareLoop, warmup: int, block: int,
+                     log: Path) -> dict[str, Any]:
+    """Run the job's loop and, every `block` steps after `warmup`, `block` bare steps.
+
+    The clock reads at the end of every optimizer step of the job (one perf_counter call); the
+    bare block runs right there and its time is cut out of the job's interval, so the job's
+    bookkeeping after that step (logging, checkpoint) still counts as the job's.
+    """
+    intervals: list[tuple[int, float]] = []  # (step the interval ends with, seconds)
+    last: list[float] = []
+    step_fn = trainer._optimizer_step
+
+    def stamped() -> Any:
+        out = step_fn()
+        now = time.perf_counter()
+        step = trainer.step + 1  # the loop increments after this call returns
+        if last and step > warmup + 1:
+            intervals.append((step, now - last[0]))
+        if step > warmup and step % block == 0:
+            bare.run(block)
+        last[:] = [time.perf_counter()]
+        return out
+
+    bare.run(warmup, timed=False)
+    trainer._optimizer_step = stamped
+    with open(log, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        try:
+            trainer.train()
+        finally:
+            trainer.ckpt.close()
+    t = trainer.spec.train
+    # The interval ending with step s holds step s's work and the bookkeeping after step s-1.
+    log_iv = [d for s, d in intervals if (s - 1) % t.log_every_steps == 0]
+    ckpt_iv = [d for s, d in intervals if (s - 1) % t.checkpoint_every_steps == 0]
+    plain = [d for s, d in intervals if (s - 1) % t.log_every_steps
+             and (s - 1) % t.checkpoint_every_steps]
+    return {"steps": len(intervals), "seconds": sum(d for _, d in intervals),
+            "median_plain": statistics.median(plain), "log_intervals": log_iv,
+            "ckpt_intervals": ckpt_iv, "ckpt_blocked_s": trainer.ckpt.last_blocked_s}
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def one_setting(data: Path, base: Path, workers: int, args: argparse.Namespace) -> list[str]:
+    overrides = [*TINY, f"data.root={data}", f"data.num_workers={workers}",
+                 f"train.steps={args.steps}", f"train.val_every_steps={10 * args.steps}",
+                 f"train.checkpoint_every_steps={args.ckpt_every}",
+                 f"train.threads={args.threads}"]
+    ratios, lines = [], []
+    for rep in range(args.reps):
+        trainer = build_trainer(base / f"runs-w{workers}-{rep}", [*overrides, f"seed={rep}"])
+        batches, load_s = draw_batches(trainer, args.block * 4)
+        bare = BareLoop(trainer, batches)
+        full = time_interleaved(trainer, bare, args.warmup, args.block, base / "job.log")
+        full_rate = full["steps"] / full["seconds"]
+        bare_rate = bare.timed_steps / bare.seconds
+        ratios.append(full_rate / bare_rate)
+        plain = full["median_plain"]
+        log_extra = statistics.mean(full["log_intervals"]) - plain if full["log_intervals"] else 0
+        ckpt_extra = (statistics.mean(full["ckpt_intervals"]) - plain
+                      if full["ckpt_intervals"] else 0)
+        lines.append(
+            f"  rep {rep}: full {full_rate:.2f} steps/s ({_ms(full['seconds'] / full['steps'])}"
+            f"/step over {full['steps']}), bare {bare_rate:.2f} steps/s "
+            f"({_ms(bare.seconds / bare.timed_steps)}/step over {bare.timed_steps}), "
+            f"ratio {ratios[-1]:.3f}")
+        lines.append(
+            f"      loader alone {_ms(load_s)}/batch; full's median plain step {_ms(plain)}; "
+            f"extra at log steps {_ms(log_extra)} (x{len(full['log_intervals'])}), at "
+            f"checkpoint steps {_ms(ckpt_extra)} (x{len(full['ckpt_intervals'])}, loop blocked "
+            f"{_ms(full['ckpt_blocked_s'] or 0)})")
+        del trainer, batches, bare
+    verdict = "ok" if statistics.median(ratios) >= GOAL else "MISSED"
+    head = (f"\ndata.num_workers={workers}: ratio full/bare median {statistics.median(ratios):.3f}"
+            f" (min {min(ratios):.3f}, max {max(ratios):.3f}, n={len(ratios)}); "
+            f"goal >= {GOAL}: {verdict}")
+    return [head, *lines]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--block", type=int, default=10,
+                    help="steps per alternation between the job's loop and the bare loop")
+    ap.add_argument("--workers", default="0,1",
+                    help="data.num_workers settings to measure, comma-separated")
+    ap.add_argument("--ckpt-every", type=int, default=100,
+                    help="train.checkpoint_every_steps (configs/quickstart.yaml: 100)")
+    ap.add_argument("--threads", type=int, default=1, help="train.threads (torch CPU threads)")
+    args = ap.parse_args()
+    import torch
+
+    print(f"tiny convnext UPerNet, crop 128, batch 2, {args.steps} steps (timed after step "
+          f"{args.warmup}), checkpoint every {args.ckpt_every}, log every 10, torch "
+          f"{torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
+        base = Path(tmp)
+        data = prepare_data(base)
+        lines: list[str] = []
+        for workers in (int(w) for w in args.workers.split(",")):
+            lines += one_setting(data, base, workers, args)
+            print("\n".join(lines[-(args.reps * 2 + 1):]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
