@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import itertools
 import os
 import statistics
 import subprocess
@@ -155,7 +156,8 @@ def time_interleaved(trainer: Any, bare: BareLoop, warmup: int, block: int,
         step = trainer.step + 1  # the loop increments after this call returns
         if last and step > warmup + 1:
             intervals.append((step, now - last[0]))
-        if step > warmup and step % block == 0:
+        # Mid-block, so a switch between the loops never lands on a log or checkpoint step.
+        if step > warmup and step % block == block // 2:
             bare.run(block)
         last[:] = [time.perf_counter()]
         return out
@@ -168,38 +170,62 @@ def time_interleaved(trainer: Any, bare: BareLoop, warmup: int, block: int,
         finally:
             trainer.ckpt.close()
     t = trainer.spec.train
-    # The interval ending with step s holds step s's work and the bookkeeping after step s-1.
-    log_iv = [d for s, d in intervals if (s - 1) % t.log_every_steps == 0]
-    ckpt_iv = [d for s, d in intervals if (s - 1) % t.checkpoint_every_steps == 0]
-    plain = [d for s, d in intervals if (s - 1) % t.log_every_steps
-             and (s - 1) % t.checkpoint_every_steps]
+
+    def after(every: int, at: int = 0) -> list[float]:
+        # The interval ending with step s holds step s's work and the bookkeeping after s-1.
+        return [d for s, d in intervals if (s - 1) % every == at]
+
+    special = {s for s, _ in intervals if (s - 1) % t.log_every_steps == 0
+               or (s - 1) % t.checkpoint_every_steps == 0 or (s - 1) % block == block // 2}
+    plain = [d for s, d in intervals if s not in special]
+    log_iv, ckpt_iv = after(t.log_every_steps), after(t.checkpoint_every_steps)
     return {"steps": len(intervals), "seconds": sum(d for _, d in intervals),
             "median_plain": statistics.median(plain), "log_intervals": log_iv,
-            "ckpt_intervals": ckpt_iv, "ckpt_blocked_s": trainer.ckpt.last_blocked_s}
+            "ckpt_intervals": ckpt_iv, "switch_intervals": after(block, block // 2),
+            "ckpt_blocked_s": trainer.ckpt.last_blocked_s}
 
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms"
 
 
-def one_setting(data: Path, base: Path, workers: int, args: argparse.Namespace) -> list[str]:
+class _MemoryLoader:
+    """Diagnosis only: the loader's own batches, drawn once and replayed, so the job's loop runs
+    without loading data and the remaining gap is the loop's own bookkeeping."""
+
+    def __init__(self, loader: Any, n: int) -> None:
+        it = iter(loader)
+        self.batches = [next(it) for _ in range(n)]
+
+    def __iter__(self) -> Any:
+        return itertools.cycle(self.batches)
+
+
+def one_setting(data: Path, base: Path, workers: int, args: argparse.Namespace,
+                from_memory: bool = False) -> list[str]:
     overrides = [*TINY, f"data.root={data}", f"data.num_workers={workers}",
                  f"train.steps={args.steps}", f"train.val_every_steps={10 * args.steps}",
                  f"train.checkpoint_every_steps={args.ckpt_every}",
                  f"train.threads={args.threads}"]
     ratios, lines = [], []
     for rep in range(args.reps):
-        trainer = build_trainer(base / f"runs-w{workers}-{rep}", [*overrides, f"seed={rep}"])
+        name = f"runs-{'memory' if from_memory else workers}-{rep}"
+        trainer = build_trainer(base / name, [*overrides, f"seed={rep}"])
         batches, load_s = draw_batches(trainer, args.block * 4)
+        if from_memory:
+            trainer.loader = _MemoryLoader(trainer.loader, args.block * 4)
         bare = BareLoop(trainer, batches)
         full = time_interleaved(trainer, bare, args.warmup, args.block, base / "job.log")
         full_rate = full["steps"] / full["seconds"]
         bare_rate = bare.timed_steps / bare.seconds
         ratios.append(full_rate / bare_rate)
         plain = full["median_plain"]
-        log_extra = statistics.mean(full["log_intervals"]) - plain if full["log_intervals"] else 0
-        ckpt_extra = (statistics.mean(full["ckpt_intervals"]) - plain
+        # Medians against medians: a mean would pick up every burst of load from other processes.
+        log_extra = (statistics.median(full["log_intervals"]) - plain
+                     if full["log_intervals"] else 0)
+        ckpt_extra = (statistics.median(full["ckpt_intervals"]) - plain
                       if full["ckpt_intervals"] else 0)
+        switch_extra = statistics.median(full["switch_intervals"]) - plain
         lines.append(
             f"  rep {rep}: full {full_rate:.2f} steps/s ({_ms(full['seconds'] / full['steps'])}"
             f"/step over {full['steps']}), bare {bare_rate:.2f} steps/s "
@@ -209,10 +235,13 @@ def one_setting(data: Path, base: Path, workers: int, args: argparse.Namespace) 
             f"      loader alone {_ms(load_s)}/batch; full's median plain step {_ms(plain)}; "
             f"extra at log steps {_ms(log_extra)} (x{len(full['log_intervals'])}), at "
             f"checkpoint steps {_ms(ckpt_extra)} (x{len(full['ckpt_intervals'])}, loop blocked "
-            f"{_ms(full['ckpt_blocked_s'] or 0)})")
+            f"{_ms(full['ckpt_blocked_s'] or 0)}), after a switch from the bare loop "
+            f"{_ms(switch_extra)}")
         del trainer, batches, bare
     verdict = "ok" if statistics.median(ratios) >= GOAL else "MISSED"
-    head = (f"\ndata.num_workers={workers}: ratio full/bare median {statistics.median(ratios):.3f}"
+    what = "job loop with its batches replayed from memory (diagnosis)" if from_memory else \
+        f"data.num_workers={workers}"
+    head = (f"\n{what}: ratio full/bare median {statistics.median(ratios):.3f}"
             f" (min {min(ratios):.3f}, max {max(ratios):.3f}, n={len(ratios)}); "
             f"goal >= {GOAL}: {verdict}")
     return [head, *lines]
@@ -230,6 +259,8 @@ def main() -> None:
     ap.add_argument("--ckpt-every", type=int, default=100,
                     help="train.checkpoint_every_steps (configs/quickstart.yaml: 100)")
     ap.add_argument("--threads", type=int, default=1, help="train.threads (torch CPU threads)")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="also time the job's loop with its batches replayed from memory")
     args = ap.parse_args()
     import torch
 
@@ -242,6 +273,9 @@ def main() -> None:
         lines: list[str] = []
         for workers in (int(w) for w in args.workers.split(",")):
             lines += one_setting(data, base, workers, args)
+            print("\n".join(lines[-(args.reps * 2 + 1):]), flush=True)
+        if args.diagnose:
+            lines += one_setting(data, base, 0, args, from_memory=True)
             print("\n".join(lines[-(args.reps * 2 + 1):]), flush=True)
 
 

@@ -6,6 +6,7 @@ job alive, and what does SLURM say about it", for many jobs at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -34,7 +35,10 @@ def scheduler_states(job_ids: Iterable[str]) -> dict[str, str]:
     if not wanted or not cluster_available():
         return {}
     states: dict[str, str] = {}
-    out = _run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(sorted({w.split("_")[0] for w in wanted}))])
+    masters = ",".join(sorted({w.split("_")[0] for w in wanted}))
+    # `-t all`: squeue also reports jobs that ended within MinJobAge, which sacct (written
+    # asynchronously by slurmdbd) may not know yet.
+    out = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", masters])
     for line in (out or "").splitlines():
         jid, _, state = line.strip().partition("|")
         states[jid] = state
@@ -90,10 +94,8 @@ def cancel_job(job_id: str) -> None:
     if job_id.startswith("local-"):
         import signal
 
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(int(job_id.split("-", 1)[1]), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         return
     if not cluster_available():
         raise ClusterError(f"cannot cancel job {job_id}: scancel is not on the PATH")
