@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -128,7 +129,13 @@ def measure_time(size: int, batch: int, rounds: int, threads: int, quick: bool) 
 
 def _child(args: list[str]) -> dict:
     cmd = [sys.executable, __file__, *args]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    env = dict(os.environ)
+    if "--time" in args:
+        # Keep freed memory in the process: otherwise glibc hands the big activation buffers back
+        # to the OS after each step and the next model pays page faults for them (measured: the
+        # 512 px baseline went from 1.5 s to 6 s when it ran right after MaxViT).
+        env |= {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**36)}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -116,13 +116,14 @@ class BareLoop:
         self.batches = batches
         self.done = 0
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
         self.timed_steps = 0
 
     def run(self, n: int, timed: bool = True) -> None:
         import torch
 
         clip = self.train_spec.clip_grad
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
             images, targets = self.batches[self.done % len(self.batches)]
             loss, _ = self.criterion(self.model(images), targets)
@@ -135,6 +136,7 @@ class BareLoop:
             self.done += 1
         if timed:
             self.seconds += time.perf_counter() - t0
+            self.cpu_seconds += time.process_time() - c0
             self.timed_steps += n
 
 
@@ -147,19 +149,21 @@ def time_interleaved(trainer: Any, bare: BareLoop, warmup: int, block: int,
     bookkeeping after that step (logging, checkpoint) still counts as the job's.
     """
     intervals: list[tuple[int, float]] = []  # (step the interval ends with, seconds)
+    cpu: list[float] = []  # this process's CPU time (all its threads, not loader workers)
     last: list[float] = []
     step_fn = trainer._optimizer_step
 
     def stamped() -> Any:
         out = step_fn()
-        now = time.perf_counter()
+        now, now_cpu = time.perf_counter(), time.process_time()
         step = trainer.step + 1  # the loop increments after this call returns
         if last and step > warmup + 1:
             intervals.append((step, now - last[0]))
+            cpu.append(now_cpu - last[1])
         # Mid-block, so a switch between the loops never lands on a log or checkpoint step.
         if step > warmup and step % block == block // 2:
             bare.run(block)
-        last[:] = [time.perf_counter()]
+        last[:] = [time.perf_counter(), time.process_time()]
         return out
 
     bare.run(warmup, timed=False)
@@ -180,6 +184,7 @@ def time_interleaved(trainer: Any, bare: BareLoop, warmup: int, block: int,
     plain = [d for s, d in intervals if s not in special]
     log_iv, ckpt_iv = after(t.log_every_steps), after(t.checkpoint_every_steps)
     return {"steps": len(intervals), "seconds": sum(d for _, d in intervals),
+            "cpu_seconds": sum(cpu),
             "median_plain": statistics.median(plain), "log_intervals": log_iv,
             "ckpt_intervals": ckpt_iv, "switch_intervals": after(block, block // 2),
             "ckpt_blocked_s": trainer.ckpt.last_blocked_s}
@@ -207,7 +212,9 @@ def one_setting(data: Path, base: Path, workers: int, args: argparse.Namespace,
                  f"train.steps={args.steps}", f"train.val_every_steps={10 * args.steps}",
                  f"train.checkpoint_every_steps={args.ckpt_every}",
                  f"train.threads={args.threads}"]
-    ratios, lines = [], []
+    ratios: list[float] = []
+    cpu_ratios: list[float] = []
+    lines: list[str] = []
     for rep in range(args.reps):
         name = f"runs-{'memory' if from_memory else workers}-{rep}"
         trainer = build_trainer(base / name, [*overrides, f"seed={rep}"])
@@ -219,6 +226,10 @@ def one_setting(data: Path, base: Path, workers: int, args: argparse.Namespace,
         full_rate = full["steps"] / full["seconds"]
         bare_rate = bare.timed_steps / bare.seconds
         ratios.append(full_rate / bare_rate)
+        # CPU time of this process per step, each side: what the wall ratio would be on an idle
+        # machine with a core free for the loader worker (contention inflates wall time only).
+        cpu_ratios.append((bare.cpu_seconds / bare.timed_steps)
+                          / (full["cpu_seconds"] / full["steps"]))
         plain = full["median_plain"]
         # Medians against medians: a mean would pick up every burst of load from other processes.
         log_extra = (statistics.median(full["log_intervals"]) - plain
@@ -230,7 +241,8 @@ def one_setting(data: Path, base: Path, workers: int, args: argparse.Namespace,
             f"  rep {rep}: full {full_rate:.2f} steps/s ({_ms(full['seconds'] / full['steps'])}"
             f"/step over {full['steps']}), bare {bare_rate:.2f} steps/s "
             f"({_ms(bare.seconds / bare.timed_steps)}/step over {bare.timed_steps}), "
-            f"ratio {ratios[-1]:.3f}")
+            f"ratio {ratios[-1]:.3f}; CPU per step full {_ms(full['cpu_seconds'] / full['steps'])}"
+            f", bare {_ms(bare.cpu_seconds / bare.timed_steps)}, ratio {cpu_ratios[-1]:.3f}")
         lines.append(
             f"      loader alone {_ms(load_s)}/batch; full's median plain step {_ms(plain)}; "
             f"extra at log steps {_ms(log_extra)} (x{len(full['log_intervals'])}), at "
@@ -243,7 +255,9 @@ def one_setting(data: Path, base: Path, workers: int, args: argparse.Namespace,
         f"data.num_workers={workers}"
     head = (f"\n{what}: ratio full/bare median {statistics.median(ratios):.3f}"
             f" (min {min(ratios):.3f}, max {max(ratios):.3f}, n={len(ratios)}); "
-            f"goal >= {GOAL}: {verdict}")
+            f"goal >= {GOAL}: {verdict}\n  by CPU time of this process per step (an idle "
+            f"machine's wall ratio): median {statistics.median(cpu_ratios):.3f} "
+            f"(min {min(cpu_ratios):.3f}, max {max(cpu_ratios):.3f})")
     return [head, *lines]
 
 

@@ -43,6 +43,9 @@ BAD_OVERRIDES = [
     (["-o", "train.amp=fp16", "-o", "train.device=cpu"], "train.amp"),
     (["-o", "data.scale_range=[2, 1]"], "data.scale_range"),
     (["-o", "train.amp=fp32"], "train.amp"),
+    (["-o", "model.backbone=swin", "-o", "data.crop_size=256", "-o", "data.eval_window=512"],
+     "data.eval_window"),
+    (["-o", "model.decoder_norm=ln"], "model.decoder_norm"),
 ]
 
 

@@ -110,6 +110,9 @@ class ModelSpec(_Section):
         False, description="allow init_from a run that trained on this run's test images"
     )
     decoder_channels: int = Field(256, gt=0, description="UPerNet channel width")
+    decoder_norm: Literal["bn", "gn"] = Field(
+        "bn", description="decoder normalisation: BatchNorm, or GroupNorm for tiny batches"
+    )
     pool_scales: tuple[int, ...] = (1, 2, 3, 6)
     hierarchical: bool = Field(False, description="add binary and coarse heads")
     coarse_groups: dict[str, list[str]] = Field(
@@ -279,6 +282,11 @@ class Spec(_Section):
         # Swin pads its grids to the window, but below 64 px its last stage holds one patch.
         if kind == "swin" and crop < 64:
             raise ValueError(f"data.crop_size={crop} is too small for swin; use at least 64")
+        if kind == "swin" and self.data.eval_window not in (None, crop):
+            raise ValueError(
+                f"data.eval_window={self.data.eval_window} with swin, which is built for "
+                f"data.crop_size={crop} only; leave data.eval_window unset"
+            )
         if self.data.eval_window is not None and self.data.eval_window % 32:
             raise ValueError(
                 f"data.eval_window={self.data.eval_window} is not a multiple of 32; "
