@@ -13,13 +13,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from filelock import FileLock
+from typing import TYPE_CHECKING, Any
 
 from hcli.errors import RunError
 from hcli.fsutil import atomic_write_json, atomic_write_text, read_json
-from hcli.spec import Spec, spec_from_yaml_file, spec_to_yaml
+
+# Imported where used: `hcli status` needs only resolve_runs_dir, and pydantic models, yaml and
+# filelock cost it ~45 ms (benchmarks/bench_cli.py).
+if TYPE_CHECKING:
+    from filelock import FileLock
+
+    from hcli.spec import Spec
 
 __all__ = [
     "ACTIVE_STATES",
@@ -54,6 +58,8 @@ def resolve_runs_dir(option: Path | None = None) -> Path:
 
 def run_lock(root: Path, run_id: str) -> FileLock:
     """One lock per run id, beside the run folders (a run folder may not exist yet)."""
+    from filelock import FileLock
+
     locks = root / ".locks"
     locks.mkdir(parents=True, exist_ok=True)
     return FileLock(str(locks / f"{run_id}.lock"), timeout=60)
@@ -86,6 +92,8 @@ class Run:
         return self.path / "logs"
 
     def spec(self) -> Spec:
+        from hcli.spec import spec_from_yaml_file
+
         return spec_from_yaml_file(self.spec_path)
 
     def state(self) -> dict[str, Any]:
@@ -160,6 +168,8 @@ def snapshot_code(dest: Path) -> None:
 
 def create_run(root: Path, run_id: str, spec: Spec, *, snapshot: bool = True) -> Run:
     """Create a run folder completely or not at all (built aside, then renamed into place)."""
+    from hcli.spec import spec_to_yaml
+
     root.mkdir(parents=True, exist_ok=True)
     final = root / run_id
     if final.exists():

@@ -6,11 +6,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from hcli.cli._common import ConfigArg, Json, Overrides, RunsDir, echo_err, print_json
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 __all__ = ["register"]
 
@@ -209,7 +212,7 @@ def _cells(r: dict) -> list[str]:
             str(r["restarts"]), prog, metric, _fmt_duration(r["eta_s"]), beat]
 
 
-def _status_table(rows: list[dict], root: Path):  # type: ignore[no-untyped-def]
+def _status_table(rows: list[dict], root: Path) -> Table:
     """The rich table `--watch` refreshes in place."""
     from rich.table import Table
 
