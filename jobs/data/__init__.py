@@ -30,6 +30,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "build_train_loader",
+    "collate_crops",
     "build_eval_dataset",
     "worker_init",
 ]
@@ -43,6 +44,19 @@ def worker_init(_worker_id: int) -> None:
 
     cv2.setNumThreads(0)
     torch.set_num_threads(1)
+
+
+def collate_crops(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack image and mask; keep the bookkeeping fields as lists. Each tensor a worker returns
+    travels in its own shared-memory segment, so fewer tensors is less main-process work
+    (benchmarks/bench_loop.py). `resume_state` reads the lists."""
+    import torch
+
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "mask": torch.stack([it["mask"] for it in items]),
+        **{k: [it[k] for it in items] for k in items[0] if k not in ("image", "mask")},
+    }
 
 
 def build_train_loader(
@@ -87,6 +101,7 @@ def build_train_loader(
         sampler=sampler,
         num_workers=workers,
         drop_last=True,
+        collate_fn=collate_crops,
         pin_memory=pin_memory,
         worker_init_fn=worker_init if workers else None,
         persistent_workers=False,
