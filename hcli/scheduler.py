@@ -75,10 +75,10 @@ def job_alive(job_id: str | None, scheduler: dict[str, str] | None = None,
         except PermissionError:
             return True
         return _not_zombie(pid)
-    state = (scheduler if scheduler is not None else scheduler_states([job_id])).get(job_id)
-    if state is None:
+    known = (scheduler if scheduler is not None else scheduler_states([job_id])).get(job_id)
+    if known is None:
         return None
-    return state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
+    return known in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
                      "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT")
 
 

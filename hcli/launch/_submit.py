@@ -12,7 +12,7 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from hcli.errors import ClusterError, RunError, UserError
 from hcli.launch._local import start_background
@@ -167,7 +167,7 @@ def _launch_slurm(planned: list[PlannedRun], runs: list[Run], root: Path,
                   dependency: str | None, max_parallel: int | None) -> list[tuple[str, dict]]:
     from jobs.entry import JobTarget
 
-    def described(job) -> tuple[str, dict]:  # type: ignore[no-untyped-def]
+    def described(job: Any) -> tuple[str, dict]:
         return job.job_id, {"stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
 
     try:

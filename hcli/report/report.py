@@ -99,7 +99,11 @@ def collect(runs: list[Path], out: Path, formats: set[str],
     group_by = group_by or DEFAULT_GROUP_BY
     out = Path(out).resolve()
     _check_out(out, runs)
-    records = load_runs(runs)
+    # Probe runs check nodes; they have no metrics to tabulate.
+    records = [r for r in load_runs(runs) if r.kind != "probe"]
+    if not records:
+        raise UserError("only probe runs matched; nothing to tabulate (probe results are in "
+                        "each run's results.json)")
     tables = build_tables(records, group_by)
     _clear_previous(out)
     out.mkdir(parents=True, exist_ok=True)
