@@ -52,8 +52,9 @@ def scheduler_states(job_ids: Iterable[str]) -> dict[str, str]:
     return states
 
 
-def job_alive(job_id: str | None, scheduler: dict[str, str] | None = None,
-              state: dict | None = None) -> bool | None:
+def job_alive(
+    job_id: str | None, scheduler: dict[str, str] | None = None, state: dict | None = None
+) -> bool | None:
     """True/False when known; None when nobody can tell (no scheduler answers).
 
     A foreground run is judged by the pid and host its job recorded in state.json.
@@ -78,8 +79,19 @@ def job_alive(job_id: str | None, scheduler: dict[str, str] | None = None,
     known = (scheduler if scheduler is not None else scheduler_states([job_id])).get(job_id)
     if known is None:
         return None
-    return known in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
-                     "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT")
+    return known in (
+        "PENDING",
+        "RUNNING",
+        "REQUEUED",
+        "CONFIGURING",
+        "COMPLETING",
+        "SUSPENDED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+    )
 
 
 def _not_zombie(pid: int) -> bool:

@@ -19,8 +19,16 @@ __all__ = ["STALE_AFTER_S", "status_rows"]
 
 STALE_AFTER_S = 300.0
 _ACTIVE = ("PENDING", "RUNNING", "REQUEUED")
-_SCHEDULER_TERMINAL = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                       "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+_SCHEDULER_TERMINAL = {
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 
 
 def _read(path: str) -> Any:
@@ -40,8 +48,9 @@ def _age_s(iso: str | None, now: float) -> float | None:
         return None
 
 
-def status_rows(root: Path, *, kind: str | None = None, state: str | None = None,
-                query_scheduler: bool = True) -> list[dict[str, Any]]:
+def status_rows(
+    root: Path, *, kind: str | None = None, state: str | None = None, query_scheduler: bool = True
+) -> list[dict[str, Any]]:
     import time
 
     now = time.time()
@@ -60,8 +69,9 @@ def status_rows(root: Path, *, kind: str | None = None, state: str | None = None
     job_ids = [(st.get("jobs") or [{}])[-1].get("job_id") for _, st, _ in raw]
     # Only runs the folder calls active need a witness (a finished run's state is settled), and
     # a study's hundreds of old job ids would make the sacct call slow (benchmarks/bench_cli.py).
-    active = [j for (_, st, _), j in zip(raw, job_ids, strict=True)
-              if j and st.get("state") in _ACTIVE]
+    active = [
+        j for (_, st, _), j in zip(raw, job_ids, strict=True) if j and st.get("state") in _ACTIVE
+    ]
     witness = scheduler_states(active) if query_scheduler else {}
     rows = []
     for (path, st, progress), job_id in zip(raw, job_ids, strict=True):
@@ -72,8 +82,14 @@ def status_rows(root: Path, *, kind: str | None = None, state: str | None = None
     return rows
 
 
-def _row(path: str, st: dict[str, Any], progress: dict[str, Any], job_id: str | None,
-         witness: dict[str, str], now: float) -> dict[str, Any]:
+def _row(
+    path: str,
+    st: dict[str, Any],
+    progress: dict[str, Any],
+    job_id: str | None,
+    witness: dict[str, str],
+    now: float,
+) -> dict[str, Any]:
     recorded = st.get("state", "UNKNOWN")
     scheduler = witness.get(job_id or "")
     heartbeat_age = _age_s(progress.get("heartbeat"), now)
@@ -84,8 +100,12 @@ def _row(path: str, st: dict[str, Any], progress: dict[str, Any], job_id: str | 
             derived = "FAILED" if scheduler != "CANCELLED" else "CANCELLED"
         elif alive is False and (recorded != "PENDING" or (job_id or "").startswith("local-")):
             derived = "FAILED"
-        elif recorded == "RUNNING" and heartbeat_age is not None and heartbeat_age > STALE_AFTER_S \
-                and alive is not True:
+        elif (
+            recorded == "RUNNING"
+            and heartbeat_age is not None
+            and heartbeat_age > STALE_AFTER_S
+            and alive is not True
+        ):
             derived = "STALE"
         elif scheduler == "PENDING" and recorded == "REQUEUED":
             derived = "REQUEUED"

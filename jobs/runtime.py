@@ -81,12 +81,22 @@ def _mark_running(ctx: JobContext) -> None:
         if not jobs or jobs[-1]["job_id"] != ctx.job_id:
             # A requeued SLURM job keeps its id; a new job id means a new submission we did not
             # record (e.g. the job was started by hand).
-            jobs.append({"job_id": ctx.job_id, "executor": "slurm" if _on_slurm() else "local",
-                         "submitted_at": now_iso(), "attempt": state.get("attempt", 1)})
+            jobs.append(
+                {
+                    "job_id": ctx.job_id,
+                    "executor": "slurm" if _on_slurm() else "local",
+                    "submitted_at": now_iso(),
+                    "attempt": state.get("attempt", 1),
+                }
+            )
         jobs[-1].setdefault("starts", []).append(now_iso())
         ctx.run.update_state(
-            state="RUNNING", jobs=jobs, host=socket.gethostname(), pid=os.getpid(),
-            restarts=state.get("restarts", 0) + (1 if restarted else 0), message=None,
+            state="RUNNING",
+            jobs=jobs,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            restarts=state.get("restarts", 0) + (1 if restarted else 0),
+            message=None,
         )
 
 
@@ -139,8 +149,13 @@ def _slurm_is_ending_job() -> bool:
     if job_id is None:
         return False
     try:
-        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
-                             text=True, timeout=30, check=False).stdout
+        out = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return False
     fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
@@ -153,8 +168,10 @@ def _after_stop(ctx: JobContext, outcome: Outcome, submitit_usr2: Any) -> dict[s
     ending = outcome.reason == "SIGTERM" and _on_slurm() and _slurm_is_ending_job()
     if cancelled or ending or not _on_slurm() or not callable(submitit_usr2):
         by = "scancel or the scheduler ending the job" if ending else outcome.reason
-        msg = (f"stopped by {by} at step {outcome.step}; "
-               f"`hcli resume {run.run_id}` continues from the checkpoint")
+        msg = (
+            f"stopped by {by} at step {outcome.step}; "
+            f"`hcli resume {run.run_id}` continues from the checkpoint"
+        )
         _update(run, state="CANCELLED", message=msg)
         return {"status": "stopped", "step": outcome.step}
     state = run.state()

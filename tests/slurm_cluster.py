@@ -72,6 +72,12 @@ def _sinfo_answers(env: dict[str, str]) -> str | None:
         return f"sinfo failed (rc={proc.returncode}): {proc.stderr.strip()[:300]}"
     if not any(s.rstrip("*~#") in {"idle", "mixed", "allocated", "completing"} for s in states):
         return f"partition {PARTITION!r} has no usable node (states {states})"
+    # Accounting too: up.sh restarts a cluster whose database died (sacct then fails).
+    acct = subprocess.run(["sacct", "-n", "-X", "-o", "JobID", "-S", "now-1minutes"],
+                          capture_output=True, text=True, timeout=15,
+                          env={**os.environ, **env}, check=False)
+    if acct.returncode != 0:
+        return f"sacct failed (rc={acct.returncode}): {acct.stderr.strip()[:300]}"
     return None
 
 

@@ -211,26 +211,63 @@ def test_sigterm_saves_and_resume_continues(synth_data, tmp_path):
 
 
 def test_bf16_channels_last_checkpointing_accumulation(synth_data, tmp_path):
-    run = _train(tmp_path / "runs", synth_data, "train.amp=bf16", "train.channels_last=true",
-                 "model.grad_checkpointing=true", "train.accum_steps=2", "train.schedule=cosine",
-                 "loss.name=ce", "loss.class_weights=log", "model.hierarchical=true",
-                 "train.steps=6", "train.val_every_steps=6")
+    run = _train(
+        tmp_path / "runs",
+        synth_data,
+        "train.amp=bf16",
+        "train.channels_last=true",
+        "model.grad_checkpointing=true",
+        "train.accum_steps=2",
+        "train.schedule=cosine",
+        "loss.name=ce",
+        "loss.class_weights=log",
+        "model.hierarchical=true",
+        "train.steps=6",
+        "train.val_every_steps=6",
+    )
     results = json.loads((run / "results.json").read_text())
     assert 0.0 <= results["miou"] <= 1.0
-    losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()
-              if '"split": "train"' in x]
+    losses = [
+        json.loads(x)["loss"]
+        for x in (run / "metrics.jsonl").read_text().splitlines()
+        if '"split": "train"' in x
+    ]
     assert losses and all(loss == loss and loss < 100 for loss in losses)  # finite
 
 
 def test_init_from_refuses_a_run_that_saw_the_test_images(reference, synth_data, tmp_path):
     runs = tmp_path / "runs"
     # Fold 1's test images are in fold 0's training set: initialising from it would leak.
-    leak = run_cli(["submit", "multiclass", "--foreground", "--runs-dir", str(runs),
-                    *tiny_overrides(synth_data, "data.fold=1", "train.steps=3",
-                                    f"model.init_from={reference}")], check=False)
-    assert leak.returncode == 2 and "model.init_from" in leak.stderr and "test images" in leak.stderr
+    leak = run_cli(
+        [
+            "submit",
+            "multiclass",
+            "--foreground",
+            "--runs-dir",
+            str(runs),
+            *tiny_overrides(
+                synth_data, "data.fold=1", "train.steps=3", f"model.init_from={reference}"
+            ),
+        ],
+        check=False,
+    )
+    assert (
+        leak.returncode == 2 and "model.init_from" in leak.stderr and "test images" in leak.stderr
+    )
     # Same fold: the earlier run never trained on these test images, so it may initialise this one.
-    ok = run_cli(["submit", "multiclass", "--foreground", "--runs-dir", str(runs),
-                  *tiny_overrides(synth_data, "train.steps=3", "train.val_every_steps=3",
-                                  f"model.init_from={reference}")])
+    ok = run_cli(
+        [
+            "submit",
+            "multiclass",
+            "--foreground",
+            "--runs-dir",
+            str(runs),
+            *tiny_overrides(
+                synth_data,
+                "train.steps=3",
+                "train.val_every_steps=3",
+                f"model.init_from={reference}",
+            ),
+        ]
+    )
     assert "encoder initialised from" in ok.stdout

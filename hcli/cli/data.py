@@ -58,11 +58,14 @@ def prepare_cmd(
 
         from hcli.launch._prepare import submit_prepare
 
-        sub = submit_prepare(source, Path(out), max_side, partition=partition,
-                             time_min=time_min, mem_gb=mem_gb)
-        typer.echo(f"array job {sub.array_job or '-'}: {sub.tasks} source shard(s) to prepare, "
-                   f"{sub.reused} already done; merge job {sub.merge_job} writes "
-                   f"{out}/manifest.json after them (logs: {sub.folder})")
+        sub = submit_prepare(
+            source, Path(out), max_side, partition=partition, time_min=time_min, mem_gb=mem_gb
+        )
+        typer.echo(
+            f"array job {sub.array_job or '-'}: {sub.tasks} source shard(s) to prepare, "
+            f"{sub.reused} already done; merge job {sub.merge_job} writes "
+            f"{out}/manifest.json after them (logs: {sub.folder})"
+        )
         return
     from hcli.data.prepare import format_summary, prepare
 
@@ -131,8 +134,10 @@ def _print_stats(summary: dict) -> None:
     from rich.table import Table
 
     console = Console()
-    console.print(f"[bold]{summary['samples']}[/] samples, {summary['skipped']} skipped rows; "
-                  f"Background {summary['background_share']:.2%} of all pixels")
+    console.print(
+        f"[bold]{summary['samples']}[/] samples, {summary['skipped']} skipped rows; "
+        f"Background {summary['background_share']:.2%} of all pixels"
+    )
     for key in ("material", "content"):
         t = Table(title=f"samples per {key}", title_justify="left")
         t.add_column(key)
@@ -140,8 +145,10 @@ def _print_stats(summary: dict) -> None:
         for name, n in summary["domains"][key].items():
             t.add_row(name, str(n))
         console.print(t)
-    t = Table(title="classes (share of annotated pixels; weights normalised to mean 1)",
-              title_justify="left")
+    t = Table(
+        title="classes (share of annotated pixels; weights normalised to mean 1)",
+        title_justify="left",
+    )
     for col in ("id", "class", "share", "images", "inverse", "inverse_sqrt", "log"):
         t.add_column(col, justify="left" if col == "class" else "right")
     rare = set(summary["rare"])
@@ -167,8 +174,7 @@ def _fold_table(protocol: str, folds: list[dict]) -> object:
         return " ".join(str(CLASS_NAMES.index(n)) for n in names) or "-"
 
     t = Table(title=f"protocol {protocol} (missing: class ids)", title_justify="left")
-    for col in ("fold", "held out", "train", "val", "test", "miss train", "miss test",
-                "flags"):
+    for col in ("fold", "held out", "train", "val", "test", "miss train", "miss test", "flags"):
         t.add_column(
             col,
             justify="right" if col in ("fold", "train", "val", "test") else "left",

@@ -1,4 +1,4 @@
-"""`hcli submit | resume | status | logs | cancel`: thin wrappers over hcli.launch and hcli.status."""
+"""`hcli submit | resume | status | logs | cancel`: thin wrappers over hcli.launch, hcli.status."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from hcli.cli._common import ConfigArg, Json, Overrides, RunsDir, echo_err, prin
 if TYPE_CHECKING:
     from rich.table import Table
 
+if TYPE_CHECKING:
+    from hcli.launch._submit import Mode
+
 __all__ = ["register"]
 
 ClusterOpt = Annotated[bool, typer.Option("--cluster", help="Submit to SLURM (sbatch).")]
@@ -24,7 +27,7 @@ ForegroundOpt = Annotated[
 ]
 
 
-def _mode(cluster: bool, local: bool, foreground: bool) -> str:
+def _mode(cluster: bool, local: bool, foreground: bool) -> Mode:
     from hcli.errors import UserError
     from hcli.scheduler import cluster_available
 
@@ -38,9 +41,11 @@ def _mode(cluster: bool, local: bool, foreground: bool) -> str:
         return "slurm"
     if local:
         return "local"
-    chosen = "slurm" if cluster_available() else "local"
-    echo_err(f"no --cluster/--local given: using {chosen} "
-             f"({'sbatch found on the PATH' if chosen == 'slurm' else 'no sbatch on the PATH'})")
+    chosen: Mode = "slurm" if cluster_available() else "local"
+    echo_err(
+        f"no --cluster/--local given: using {chosen} "
+        f"({'sbatch found on the PATH' if chosen == 'slurm' else 'no sbatch on the PATH'})"
+    )
     return chosen
 
 
@@ -53,15 +58,21 @@ def submit(
     config: ConfigArg = None,
     backbone: Annotated[
         str | None,
-        typer.Option("--backbone", "-b", help="convnext | swin | maxvit | a timm name; a,b,c sweeps"),
+        typer.Option(
+            "--backbone", "-b", help="convnext | swin | maxvit | a timm name; a,b,c sweeps"
+        ),
     ] = None,
     override: Overrides = None,
     cluster: ClusterOpt = False,
     local: LocalOpt = False,
     foreground: ForegroundOpt = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show run ids, specs, sbatch; do nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show run ids, specs, sbatch; do nothing.")
+    ] = False,
     json_out: Json = False,
-    force: Annotated[bool, typer.Option("--force", help="Start a new attempt of a finished run.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start a new attempt of a finished run.")
+    ] = False,
     after: Annotated[
         str | None, typer.Option("--after", help="Wait for these runs (afterok): RUN_ID[,RUN_ID]")
     ] = None,
@@ -89,18 +100,36 @@ def submit(
         )
     root = resolve_runs_dir(runs_dir)
     planned = plan_runs(kind, config=config, backbones=_split_csv(backbone), overrides=override)
-    mode = "slurm" if dry_run and not (local or foreground) else _mode(cluster, local, foreground)
-    outcomes = submit_runs(planned, root, mode=mode, dry_run=dry_run, force=force,  # type: ignore[arg-type]
-                           after=_split_csv(after), max_parallel=max_parallel)
+    mode: Mode = (
+        "slurm" if dry_run and not (local or foreground) else _mode(cluster, local, foreground)
+    )
+    outcomes = submit_runs(
+        planned,
+        root,
+        mode=mode,
+        dry_run=dry_run,
+        force=force,
+        after=_split_csv(after),
+        max_parallel=max_parallel,
+    )
     if json_out:
         if dry_run and len(outcomes) == 1:
             o = outcomes[0]
             print_json({"run_id": o.run_id, "spec": o.spec, "sbatch": o.sbatch})
         else:
-            print_json([{"run_id": o.run_id, "action": o.action, "state": o.state,
-                         "job_id": o.job_id, "run_dir": str(o.run_dir),
-                         **({"spec": o.spec, "sbatch": o.sbatch} if dry_run else {})}
-                        for o in outcomes])
+            print_json(
+                [
+                    {
+                        "run_id": o.run_id,
+                        "action": o.action,
+                        "state": o.state,
+                        "job_id": o.job_id,
+                        "run_dir": str(o.run_dir),
+                        **({"spec": o.spec, "sbatch": o.sbatch} if dry_run else {}),
+                    }
+                    for o in outcomes
+                ]
+            )
     else:
         _print_outcomes(outcomes, dry_run)
     if mode == "foreground" and not dry_run:
@@ -120,7 +149,9 @@ def _print_outcomes(outcomes: list, dry_run: bool) -> None:
             typer.echo("# --- sbatch script ---")
             typer.echo(o.sbatch)
         elif o.action == "exists":
-            typer.echo(f"{o.run_id}: already {o.state} (job {o.job_id}); nothing submitted  {o.run_dir}")
+            typer.echo(
+                f"{o.run_id}: already {o.state} (job {o.job_id}); nothing submitted  {o.run_dir}"
+            )
         else:
             typer.echo(f"{o.run_id}: submitted as job {o.job_id}  {o.run_dir}")
 
@@ -147,7 +178,7 @@ def resume(
 
     root = resolve_runs_dir(runs_dir)
     mode = _mode(cluster, local, foreground)
-    outcome = resume_run(root, run, mode=mode)  # type: ignore[arg-type]
+    outcome = resume_run(root, run, mode=mode)
     typer.echo(f"{outcome.run_id}: resumed as job {outcome.job_id}")
     if mode == "foreground":
         _run_foreground([outcome])
@@ -164,13 +195,22 @@ def _fmt_duration(seconds: float | None) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
-_STATE_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "REQUEUED": "yellow",
-                "FAILED": "red", "CANCELLED": "magenta", "STALE": "red"}
+_STATE_STYLE = {
+    "COMPLETED": "green",
+    "RUNNING": "cyan",
+    "PENDING": "yellow",
+    "REQUEUED": "yellow",
+    "FAILED": "red",
+    "CANCELLED": "magenta",
+    "STALE": "red",
+}
 
 
 def status(
     json_out: Json = False,
-    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh every 5 s until Ctrl-C.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Refresh every 5 s until Ctrl-C.")
+    ] = False,
     kind: Annotated[str | None, typer.Option("--kind", help="Only runs of this kind.")] = None,
     state: Annotated[str | None, typer.Option("--state", help="Only runs in this state.")] = None,
     runs_dir: RunsDir = None,
@@ -188,7 +228,9 @@ def status(
         return
     from rich.live import Live
 
-    with Live(_status_table(status_rows(root, kind=kind, state=state), root), refresh_per_second=1) as live:
+    with Live(
+        _status_table(status_rows(root, kind=kind, state=state), root), refresh_per_second=1
+    ) as live:
         try:
             while True:
                 time.sleep(5)
@@ -197,8 +239,18 @@ def status(
             pass
 
 
-_COLUMNS = ("run id", "kind", "backbone", "state", "job", "restarts", "progress", "val mIoU",
-            "ETA", "heartbeat")
+_COLUMNS = (
+    "run id",
+    "kind",
+    "backbone",
+    "state",
+    "job",
+    "restarts",
+    "progress",
+    "val mIoU",
+    "ETA",
+    "heartbeat",
+)
 
 
 def _cells(r: dict) -> list[str]:
@@ -208,8 +260,18 @@ def _cells(r: dict) -> list[str]:
     metric = f"{r['latest_metric']:.3f}" if isinstance(r["latest_metric"], int | float) else "-"
     age = r["heartbeat_age_s"]
     beat = _fmt_duration(age) + (" ago" if age is not None else "")
-    return [r["run_id"], r["kind"] or "-", r["backbone"] or "-", r["state"], r["job_id"] or "-",
-            str(r["restarts"]), prog, metric, _fmt_duration(r["eta_s"]), beat]
+    return [
+        r["run_id"],
+        r["kind"] or "-",
+        r["backbone"] or "-",
+        r["state"],
+        r["job_id"] or "-",
+        str(r["restarts"]),
+        prog,
+        metric,
+        _fmt_duration(r["eta_s"]),
+        beat,
+    ]
 
 
 def _status_table(rows: list[dict], root: Path) -> Table:
@@ -251,7 +313,9 @@ def _print_status(rows: list[dict], root: Path) -> None:
 def logs(
     run: Annotated[str, typer.Argument(help="Run id (or unique prefix, or path).")],
     err: Annotated[bool, typer.Option("--err", help="stderr instead of stdout.")] = False,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing as it grows.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing as it grows.")
+    ] = False,
     runs_dir: RunsDir = None,
 ) -> None:
     """Print a run's job log (the current job's; SLURM or local)."""
@@ -261,8 +325,10 @@ def logs(
     r = find_run(resolve_runs_dir(runs_dir), run)
     path = _log_path(r, err)
     if path is None:
-        raise RunError(f"run {r.run_id} has no {'stderr' if err else 'stdout'} log yet; "
-                       "it may still be queued (hcli status)")
+        raise RunError(
+            f"run {r.run_id} has no {'stderr' if err else 'stdout'} log yet; "
+            "it may still be queued (hcli status)"
+        )
     with open(path, errors="replace") as fh:
         sys.stdout.write(fh.read())
         sys.stdout.flush()
@@ -275,7 +341,7 @@ def logs(
                 time.sleep(1)
 
 
-def _log_path(run, err: bool) -> Path | None:  # type: ignore[no-untyped-def]
+def _log_path(run, err: bool) -> Path | None:
     state = run.state()
     jobs = state.get("jobs") or []
     job = jobs[-1] if jobs else {}

@@ -63,15 +63,23 @@ def _archive_attempt(run: Run) -> None:
     state = run.state()
     dest = run.path / "attempts" / str(state.get("attempt", 1))
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("checkpoints", "logs", "tb", "figures", "progress.json", "metrics.jsonl",
-                 "results.json"):
+    for name in (
+        "checkpoints",
+        "logs",
+        "tb",
+        "figures",
+        "progress.json",
+        "metrics.jsonl",
+        "results.json",
+    ):
         src = run.path / name
         if src.exists():
             shutil.move(str(src), str(dest / name))
     (run.path / "checkpoints").mkdir()
     (run.path / "logs").mkdir()
-    run.update_state(state="PENDING", attempt=state.get("attempt", 1) + 1, restarts=0,
-                     message=None, requeues=[])
+    run.update_state(
+        state="PENDING", attempt=state.get("attempt", 1) + 1, restarts=0, message=None, requeues=[]
+    )
 
 
 def submit_runs(
@@ -140,16 +148,24 @@ def submit_runs(
     return outcomes
 
 
-def _launch(planned: list[PlannedRun], runs: list[Run], root: Path, mode: Mode,
-            dependency: str | None, max_parallel: int | None) -> list[tuple[str, dict]]:
+def _launch(
+    planned: list[PlannedRun],
+    runs: list[Run],
+    root: Path,
+    mode: Mode,
+    dependency: str | None,
+    max_parallel: int | None,
+) -> list[tuple[str, dict]]:
     """Start the runs; returns (job id, where its logs go) per run."""
     if not runs:
         return []
     if mode == "foreground":
         return [("foreground", {})] * len(runs)
     if mode == "local":
-        return [(jid, {"stdout": str(r.logs / "job.out"), "stderr": str(r.logs / "job.err")})
-                for jid, r in zip(_launch_local(runs, max_parallel), runs, strict=True)]
+        return [
+            (jid, {"stdout": str(r.logs / "job.out"), "stderr": str(r.logs / "job.err")})
+            for jid, r in zip(_launch_local(runs, max_parallel), runs, strict=True)
+        ]
     return _launch_slurm(planned, runs, root, dependency, max_parallel)
 
 
@@ -163,8 +179,13 @@ def _launch_local(runs: list[Run], max_parallel: int | None) -> list[str]:
     return [ids[r.path] for r in runs]
 
 
-def _launch_slurm(planned: list[PlannedRun], runs: list[Run], root: Path,
-                  dependency: str | None, max_parallel: int | None) -> list[tuple[str, dict]]:
+def _launch_slurm(
+    planned: list[PlannedRun],
+    runs: list[Run],
+    root: Path,
+    dependency: str | None,
+    max_parallel: int | None,
+) -> list[tuple[str, dict]]:
     from jobs.entry import JobTarget
 
     def described(job: Any) -> tuple[str, dict]:
@@ -172,18 +193,28 @@ def _launch_slurm(planned: list[PlannedRun], runs: list[Run], root: Path,
 
     try:
         if len(runs) == 1:
-            ex = make_executor(planned[0].spec, runs[0].logs, job_name=runs[0].run_id,
-                               runs_root=root, dependency=dependency)
+            ex = make_executor(
+                planned[0].spec,
+                runs[0].logs,
+                job_name=runs[0].run_id,
+                runs_root=root,
+                dependency=dependency,
+            )
             return [described(ex.submit(JobTarget(runs[0].path)))]
         # An array shares one submitit folder; the slurm section of the first run applies to all.
         ids: list[tuple[str, dict]] = []
         chunk = max_array_size()
         for start in range(0, len(runs), chunk):
-            part = runs[start:start + chunk]
+            part = runs[start : start + chunk]
             folder = root / ".arrays" / f"{now_iso()[:10]}-{uuid.uuid4().hex[:8]}"
-            ex = make_executor(planned[start].spec, folder, job_name=f"hcli-array-{len(part)}",
-                               runs_root=root, dependency=dependency,
-                               array_parallelism=max_parallel or len(part))
+            ex = make_executor(
+                planned[start].spec,
+                folder,
+                job_name=f"hcli-array-{len(part)}",
+                runs_root=root,
+                dependency=dependency,
+                array_parallelism=max_parallel or len(part),
+            )
             with ex.batch():
                 jobs = [ex.submit(JobTarget(r.path)) for r in part]
             ids.extend(described(j) for j in jobs)
@@ -195,11 +226,13 @@ def _launch_slurm(planned: list[PlannedRun], runs: list[Run], root: Path,
 
 def _dry_run(p: PlannedRun, root: Path, mode: Mode, dependency: str | None) -> SubmitOutcome:
     run_dir = root / p.run_id
-    sbatch = render_sbatch(p.spec, run_dir / "logs", job_name=p.run_id, runs_root=root,
-                           dependency=dependency)
+    sbatch = render_sbatch(
+        p.spec, run_dir / "logs", job_name=p.run_id, runs_root=root, dependency=dependency
+    )
     state = Run(run_dir).state()["state"] if (run_dir / "state.json").exists() else "NEW"
-    return SubmitOutcome(p.run_id, "dry-run", state, None, run_dir, sbatch,
-                         p.spec.model_dump(mode="json"))
+    return SubmitOutcome(
+        p.run_id, "dry-run", state, None, run_dir, sbatch, p.spec.model_dump(mode="json")
+    )
 
 
 def _wait_until_ended(run: Run, state: dict, timeout_s: float = 60.0) -> None:

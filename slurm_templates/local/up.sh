@@ -183,7 +183,7 @@ if [[ ! -d $STATE_DIR/mysql/data/mysql ]]; then
 fi
 say "starting MariaDB on 127.0.0.1:$DB_PORT"
 # --no-defaults: the system's /etc/mysql config would add its own socket, datadir and logs.
-nohup mariadbd --no-defaults --user="$RUN_USER" --datadir="$STATE_DIR/mysql/data" \
+setsid nohup mariadbd --no-defaults --user="$RUN_USER" --datadir="$STATE_DIR/mysql/data" \
     --socket="$DB_SOCK" --port="$DB_PORT" --bind-address=127.0.0.1 --skip-name-resolve \
     --pid-file="$RUN/mariadbd.pid" --log-error="$LOG/mariadb.log" \
     --innodb-buffer-pool-size=64M >/dev/null 2>&1 </dev/null &
