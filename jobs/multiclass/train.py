@@ -179,8 +179,8 @@ class _Trainer:
         state, path = found
         self.load_state_dict(state)
         self.progress.event(self.step, "resumed", checkpoint=path.name)
-        if self.ctx.is_main:
-            print(f"resumed from {path} at step {self.step}", flush=True)
+        # Every rank says it: each rank's log shows which checkpoint it continued from.
+        print(f"rank {self.dist.rank}: resumed from {path} at step {self.step}", flush=True)
         return True
 
     def save(self, blocking: bool) -> None:
