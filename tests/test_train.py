@@ -137,6 +137,9 @@ def test_sigkill_and_resume_is_bitwise_identical(reference, synth_data, tmp_path
     assert state["state"] == "RUNNING", f"killed near step {target}"  # the job never knew
     status = json.loads(run_cli(["status", "--json", "--runs-dir", str(runs)]).stdout)
     assert status[0]["state"] == "FAILED"  # the process is gone: status says so
+    again = run_cli(["submit", "multiclass", "--foreground", "--runs-dir", str(runs),
+                     *tiny_overrides(synth_data, *RESUME_SPEC)], check=False)
+    assert again.returncode == 2 and f"hcli resume {run.name}" in again.stderr
     done = sorted((run / "checkpoints").glob("step-*.pt.done"))
     if damage_newest:
         newest = done[-1].with_suffix("")

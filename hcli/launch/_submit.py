@@ -114,6 +114,12 @@ def submit_runs(
             waiting = current == "PENDING" and not state.get("jobs")
             if waiting:
                 fresh.append((p, run, False))
+            elif current in ACTIVE_STATES and job_alive(run.job_id, state=state) is False:
+                raise RunError(
+                    f"run {p.run_id} died (state.json says {current}, but job {run.job_id} is "
+                    f"gone): continue it with `hcli resume {p.run_id}`, or cancel it first "
+                    "(hcli cancel) and start it over with --force"
+                )
             elif current in ACTIVE_STATES and force:
                 raise RunError(
                     f"run {p.run_id} is {current}; cancel it first (hcli cancel {p.run_id})"
