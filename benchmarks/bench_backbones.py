@@ -31,16 +31,6 @@ __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("encoder", "convnext", "swin", "maxvit")  # "encoder": the baseline
-TINY_KWARGS = {
-    "convnext": {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128)},
-    "swin": {"embed_dim": 24, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)},
-    "maxvit": {
-        "embed_dim": (16, 32, 64, 128),
-        "depths": (1, 1, 1, 1),
-        "stem_width": 16,
-        "transformer_dim_head": 16,
-    },
-}
 
 
 def _status_kb(key: str) -> int:
@@ -62,7 +52,9 @@ def _step_fn(what: str, size: int, batch: int, quick: bool) -> tuple[Callable[[]
 
     torch.manual_seed(0)
     backbone = "convnext" if what == "encoder" else what
-    kwargs = TINY_KWARGS[backbone] if quick else {}
+    from jobs.models.encoders import SHRUNKEN_ENCODER_KWARGS
+
+    kwargs = SHRUNKEN_ENCODER_KWARGS[backbone] if quick else {}
     x = torch.randn(batch, 3, size, size)
     if what == "encoder":
         model = build_encoder(backbone, size, kwargs)

@@ -14,18 +14,9 @@ from hcli.classes import DEFAULT_COARSE_GROUPS
 from hcli.errors import UserError
 from hcli.spec import ModelSpec, resolve_timm_name
 from jobs.models import build_encoder, build_segmenter
+from jobs.models.encoders import SHRUNKEN_ENCODER_KWARGS
 
-# Shrunken widths and depths from /work/shared/reference/MEASURED.md (0.4-0.9 M parameters).
-TINY = {
-    "convnext": {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128)},
-    "swin": {"embed_dim": 24, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)},
-    "maxvit": {
-        "embed_dim": (16, 32, 64, 128),
-        "depths": (1, 1, 1, 1),
-        "stem_width": 16,
-        "transformer_dim_head": 16,
-    },
-}
+TINY = SHRUNKEN_ENCODER_KWARGS
 BACKBONES = list(TINY)
 N_COARSE = 1 + len(DEFAULT_COARSE_GROUPS)
 

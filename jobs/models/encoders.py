@@ -19,13 +19,26 @@ from torch import nn
 from hcli.errors import UserError
 from hcli.spec import resolve_timm_name
 
-__all__ = ["Encoder", "build_encoder", "cached_pretrained_file"]
+__all__ = ["SHRUNKEN_ENCODER_KWARGS", "Encoder", "build_encoder", "cached_pretrained_file"]
 
 # The decoder works at strides 4..32; levels finer than 4 (MaxViT's stride-2 stem) are dropped.
 _MIN_STRIDE = 4
 _MAX_LEVELS = 4
 _HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 _KNOWN_FAMILIES = ("convnext", "swin", "maxvit")
+
+# `model.encoder_kwargs` that shrink each family to 0.4-0.9 M parameters (widths and depths from
+# shared/reference/MEASURED.md): what tests, benchmarks' quick mode and CPU demos train.
+SHRUNKEN_ENCODER_KWARGS: dict[str, dict[str, object]] = {
+    "convnext": {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128)},
+    "swin": {"embed_dim": 24, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)},
+    "maxvit": {
+        "embed_dim": (16, 32, 64, 128),
+        "depths": (1, 1, 1, 1),
+        "stem_width": 16,
+        "transformer_dim_head": 16,
+    },
+}
 
 
 class Encoder(nn.Module):
