@@ -395,3 +395,21 @@ def test_two_task_gloo_run_requeues_and_completes(
     stop = state["requeues"][0]["step"]
     line = f"step-{stop:08d}.pt at step {stop}"
     assert line in rank0 and line in rank1
+
+
+def test_usr2_to_one_array_task_requeues_only_that_task(
+    slurm_env: SlurmCluster, synth_data: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    runs = tmp_path / "runs"
+    outs = _submit(runs, synth_data, "seed=0,1", *LONG)
+    (task0, job0), (task1, job1) = ((Path(o["run_dir"]), o["job_id"]) for o in outs)
+    _wait(lambda: _trained_past(task0, 4) and _trained_past(task1, 4), 120, "both tasks training")
+    assert slurm_env.run("scancel", "-s", "USR2", job0).returncode == 0  # `ARRAY_0` only
+    make_eligible(job0)
+    wait_for_state(job0, {"COMPLETED"}, timeout=180)
+    wait_for_state(job1, {"COMPLETED"}, timeout=180)
+    interrupted, untouched = _state(task0), _state(task1)
+    assert interrupted["restarts"] == 1 and len(interrupted["requeues"]) == 1
+    assert interrupted["requeues"][0]["job_id"] == job0
+    assert untouched["restarts"] == 0 and untouched["requeues"] == []
+    assert len(untouched["jobs"][0]["starts"]) == 1  # the other task ran once, uninterrupted
