@@ -16,10 +16,21 @@ from pydantic import BaseModel
 
 from hcli.spec import Spec
 
-__all__ = ["identity_payload", "run_id"]
+__all__ = [
+    "KIND_SECTIONS",
+    "OPTIONAL_SECTIONS",
+    "execution_only_keys",
+    "identity_payload",
+    "run_id",
+]
 
-_KIND_SECTIONS = {"mae": ("mae",), "meta": ("meta",), "adapt": ("meta", "adapt")}
-_OPTIONAL_SECTIONS = ("mae", "meta", "adapt")
+# The sections a kind reads beyond data/model/train/loss; elsewhere they are inert defaults.
+KIND_SECTIONS: dict[str, tuple[str, ...]] = {
+    "mae": ("mae",),
+    "meta": ("meta",),
+    "adapt": ("meta", "adapt"),
+}
+OPTIONAL_SECTIONS = ("mae", "meta", "adapt")
 
 
 def _counts(model: BaseModel, field: str) -> bool:
@@ -38,10 +49,24 @@ def _payload(model: BaseModel) -> dict[str, Any]:
     return out
 
 
+def execution_only_keys(model: type[BaseModel] = Spec, prefix: str = "") -> tuple[str, ...]:
+    """Dotted keys left out of the run id; a whole section ends with "." (`slurm.`)."""
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra
+        ann = field.annotation
+        is_section = isinstance(ann, type) and issubclass(ann, BaseModel)
+        if isinstance(extra, dict) and extra.get("identity") is False:
+            keys.append(f"{prefix}{name}." if is_section else f"{prefix}{name}")
+        elif is_section:
+            keys.extend(execution_only_keys(ann, f"{prefix}{name}."))  # type: ignore[arg-type]
+    return tuple(keys)
+
+
 def identity_payload(spec: Spec) -> dict[str, Any]:
     payload = _payload(spec)
-    wanted = _KIND_SECTIONS.get(spec.kind, ())
-    for section in _OPTIONAL_SECTIONS:
+    wanted = KIND_SECTIONS.get(spec.kind, ())
+    for section in OPTIONAL_SECTIONS:
         if section not in wanted:
             payload.pop(section, None)
     return payload

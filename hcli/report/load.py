@@ -19,6 +19,7 @@ import yaml
 
 from hcli.classes import CLASS_NAMES
 from hcli.errors import UserError
+from hcli.identity import KIND_SECTIONS, OPTIONAL_SECTIONS, execution_only_keys
 
 __all__ = [
     "AGGREGATED_KEYS",
@@ -36,22 +37,11 @@ __all__ = [
 # Run files whose presence makes a folder a run folder (any one: collect tolerates missing files).
 _RUN_FILES = ("state.json", "spec.yaml", "results.json")
 
-# Fields that change how a run executes, not what it computes (mirrors `identity=False` in
-# hcli/spec/_schema.py, plus `name`); prefixes end with "." or "_" and match by startswith.
-EXECUTION_ONLY: tuple[str, ...] = (
-    "name",
-    "slurm.",
-    "data.num_workers",
-    "train.log_every_steps",
-    "train.checkpoint_every_",
-    "train.keep_checkpoints",
-    "train.threads",
-    "train.overlays",
-)
+# Fields that change how a run executes, not what it computes, and the sections each kind reads:
+# the same lists the run identity uses.
+EXECUTION_ONLY: tuple[str, ...] = execution_only_keys()
 # Aggregated over (mean ± std), never ablated.
 AGGREGATED_KEYS: tuple[str, ...] = ("seed", "data.fold")
-# Sections only the named kinds read (as in hcli.identity): elsewhere they are inert defaults.
-_KIND_SECTIONS = {"mae": ("mae",), "meta": ("meta", "adapt"), "adapt": ("adapt",)}
 
 # Fallback when no results.json names its rare classes: the damage classes under 0.1 % of all
 # pixels in ARTeFACT (/work/shared/reference/ARTEFACT.md, "Class imbalance").
@@ -161,13 +151,13 @@ def _hashable(value: Any) -> Any:
 
 
 def _execution_only(key: str) -> bool:
-    return any(key == p or (p[-1] in "._" and key.startswith(p)) for p in EXECUTION_ONLY)
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in EXECUTION_ONLY)
 
 
 def config_key(flat: dict[str, Any], drop: tuple[str, ...] = AGGREGATED_KEYS) -> dict[str, Any]:
     """The fields that define what a run computes, less `drop` (by default seed and fold)."""
     kind = flat.get("kind")
-    inert = {s for s in ("mae", "meta", "adapt") if s not in _KIND_SECTIONS.get(str(kind), ())}
+    inert = {s for s in OPTIONAL_SECTIONS if s not in KIND_SECTIONS.get(str(kind), ())}
     return {
         k: v for k, v in flat.items()
         if not _execution_only(k) and k not in drop and k.split(".", 1)[0] not in inert
