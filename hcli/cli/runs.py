@@ -174,11 +174,12 @@ def resume(
 ) -> None:
     """Continue a stopped, failed or cancelled run from its newest complete checkpoint."""
     from hcli.launch import resume_run
-    from hcli.runs import resolve_runs_dir
+    from hcli.runs import find_run, resolve_runs_dir
 
     root = resolve_runs_dir(runs_dir)
+    found = find_run(root, run)  # an unknown run is the first thing to say
     mode = _mode(cluster, local, foreground)
-    outcome = resume_run(root, run, mode=mode)
+    outcome = resume_run(root, str(found.path), mode=mode)
     typer.echo(f"{outcome.run_id}: resumed as job {outcome.job_id}")
     if mode == "foreground":
         _run_foreground([outcome])
