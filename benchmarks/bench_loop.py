@@ -66,7 +66,7 @@ def prepare_data(base: Path, n: int = 24, size: int = 256) -> Path:
     return prepared
 
 
-def build_trainer(runs: Path, overrides: list[str]) -> Any:
+def build_trainer(runs: Path, overrides: list[str], config: str | None = None) -> Any:
     """A `_Trainer` on a fresh run folder, built the way the job entry point builds it."""
     from hcli.launch import plan_runs
     from hcli.runs import create_run
@@ -74,7 +74,7 @@ def build_trainer(runs: Path, overrides: list[str]) -> Any:
     from jobs.runtime import JobContext
     from jobs.signals import StopFlag
 
-    planned = plan_runs("multiclass", overrides=overrides)[0]
+    planned = plan_runs("multiclass", config=config, overrides=overrides)[0]
     run = create_run(runs, planned.run_id, planned.spec, snapshot=False)
     ctx = JobContext(run=run, spec=run.spec(), job_id="bench", stop=StopFlag())
     return _Trainer(ctx)
@@ -208,7 +208,9 @@ class _MemoryLoader:
 
 def one_setting(data: Path, base: Path, workers: int, args: argparse.Namespace,
                 from_memory: bool = False) -> list[str]:
-    overrides = [*TINY, f"data.root={data}", f"data.num_workers={workers}",
+    model = [] if args.config else TINY  # a config brings its own model, crop and batch
+    overrides = [*model, f"data.root={data}", f"data.num_workers={workers}",
+                 "train.warmup_steps=10",
                  f"train.steps={args.steps}", f"train.val_every_steps={10 * args.steps}",
                  f"train.checkpoint_every_steps={args.ckpt_every}",
                  f"train.threads={args.threads}"]
@@ -217,7 +219,7 @@ def one_setting(data: Path, base: Path, workers: int, args: argparse.Namespace,
     lines: list[str] = []
     for rep in range(args.reps):
         name = f"runs-{'memory' if from_memory else workers}-{rep}"
-        trainer = build_trainer(base / name, [*overrides, f"seed={rep}"])
+        trainer = build_trainer(base / name, [*overrides, f"seed={rep}"], args.config)
         batches, load_s = draw_batches(trainer, args.block * 4)
         if from_memory:
             trainer.loader = _MemoryLoader(trainer.loader, args.block * 4)
@@ -273,12 +275,16 @@ def main() -> None:
     ap.add_argument("--ckpt-every", type=int, default=100,
                     help="train.checkpoint_every_steps (configs/quickstart.yaml: 100)")
     ap.add_argument("--threads", type=int, default=1, help="train.threads (torch CPU threads)")
+    ap.add_argument("--config", default=None,
+                    help="time this config's model and batch (e.g. quickstart) instead of the "
+                    "tests' tiny model at batch 2")
     ap.add_argument("--diagnose", action="store_true",
                     help="also time the job's loop with its batches replayed from memory")
     args = ap.parse_args()
     import torch
 
-    print(f"tiny convnext UPerNet, crop 128, batch 2, {args.steps} steps (timed after step "
+    what = f"config {args.config}" if args.config else "tiny convnext UPerNet, crop 128, batch 2"
+    print(f"{what}, {args.steps} steps (timed after step "
           f"{args.warmup}), checkpoint every {args.ckpt_every}, log every 10, torch "
           f"{torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
