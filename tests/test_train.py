@@ -274,3 +274,11 @@ def test_init_from_refuses_a_run_that_saw_the_test_images(reference, synth_data,
         ]
     )
     assert "encoder initialised from" in ok.stdout
+
+
+def test_torch_compile_path_trains_on_cpu(synth_data, tmp_path):
+    # Inductor compiles for the CPU here (~1 min): the same code path a GPU run takes.
+    run = _train(tmp_path / "runs", synth_data, "train.compile=true", "train.steps=3",
+                 "train.warmup_steps=1", "train.val_every_steps=3", "train.overlays=0")
+    results = json.loads((run / "results.json").read_text())
+    assert results["final_step"] == 3 and 0.0 <= results["miou"] <= 1.0
