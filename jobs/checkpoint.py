@@ -56,7 +56,7 @@ from typing import IO, Any, cast
 import numpy as np
 import torch
 
-from hcli.fsutil import atomic_write_json
+from hcli.fsutil import atomic_write_json, fsync_dir
 
 __all__ = [
     "CheckpointManager",
@@ -263,13 +263,6 @@ class _HashingWriter:
         self._fh.flush()
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -403,7 +396,7 @@ class CheckpointManager:
                 os.fsync(fh.fileno())
             _marker(final).unlink(missing_ok=True)  # an old marker must not vouch for new bytes
             os.replace(tmp, final)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -411,7 +404,7 @@ class CheckpointManager:
             _marker(final),
             {"step": step, "size": writer.size, "sha256": writer.sha256.hexdigest()},
         )
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self._prune(step)
 
     def _prune(self, saved_step: int) -> None:

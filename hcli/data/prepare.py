@@ -42,7 +42,7 @@ from hcli.data.manifest import (
     load_manifest,
 )
 from hcli.errors import DataError, UserError
-from hcli.fsutil import atomic_write_json, read_json
+from hcli.fsutil import atomic_write_json, fsync_dir, read_json
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -305,13 +305,6 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (min(CHUNK, shape[0]), min(CHUNK, shape[1]), *shape[2:])
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def run_source_shard(src: SourceShard, out_dir: str | Path, max_side: int) -> ShardResult:
     """Convert one source shard; safe to kill at any point (see the module docstring)."""
@@ -358,7 +351,7 @@ def run_source_shard(src: SourceShard, out_dir: str | Path, max_side: int) -> Sh
         os.fsync(fh.fileno())
     entry = ShardEntry(file=name, source=src.name, samples=len(samples), sha256=_sha256(tmp))
     os.replace(tmp, final)
-    _fsync_dir(out)
+    fsync_dir(out)
     atomic_write_json(_sidecar(out, src.index), {
         "version": SIDECAR_VERSION,
         "key": src.key,
