@@ -75,7 +75,8 @@ def register(app: typer.Typer) -> None:
         n_fig = sum(p.suffix == ".png" for p in result.files)
         partial = sum(r.in_progress for r in result.runs)
         console.print(
-            f"[bold]Report:[/bold] {result.report}  ({len(result.runs)} runs"
+            f"[bold]Report:[/bold] {result.report}  ({len(result.runs)} "
+            + ("run" if len(result.runs) == 1 else "runs")
             + (f", {partial} in progress" if partial else "")
             + f", {len(result.tables)} tables, {n_fig} figures)"
         )
