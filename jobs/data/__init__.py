@@ -6,6 +6,7 @@ repeat-factor sampler, resumable mid-epoch; `build_eval_dataset` gives whole ima
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,17 +47,21 @@ def worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def collate_crops(items: list[dict[str, Any]]) -> dict[str, Any]:
+def collate_crops(items: list[dict[str, Any]], lut: torch.Tensor | None = None) -> dict[str, Any]:
     """Stack image and mask; keep the bookkeeping fields as lists. Each tensor a worker returns
     travels in its own shared-memory segment, so fewer tensors is less main-process work
-    (benchmarks/bench_loop.py). `resume_state` reads the lists."""
-    import torch
+    (benchmarks/bench_loop.py). `resume_state` reads the lists. With `lut` (hierarchical heads),
+    the coarse and binary targets are derived here, in the worker, not in the training step."""
+    from jobs.hierarchy import derive_targets
 
-    return {
+    out = {
         "image": torch.stack([it["image"] for it in items]),
         "mask": torch.stack([it["mask"] for it in items]),
         **{k: [it[k] for it in items] for k in items[0] if k not in ("image", "mask")},
     }
+    if lut is not None:
+        out["targets"] = derive_targets(out["mask"], lut)
+    return out
 
 
 def build_train_loader(
@@ -72,6 +77,7 @@ def build_train_loader(
     num_workers: int | None = None,
     infinite: bool = True,
     pin_memory: bool = False,
+    target_lut: torch.Tensor | None = None,
 ) -> tuple[DataLoader, RepeatFactorSampler]:
     """Training crops of `ids` (spec.data: crop_size, scale_range, rare_repeat_threshold,
     num_workers; spec.train.batch_size; spec.seed). Pass `state` (from `resume_state(batch)` of
@@ -101,7 +107,7 @@ def build_train_loader(
         sampler=sampler,
         num_workers=workers,
         drop_last=True,
-        collate_fn=collate_crops,
+        collate_fn=functools.partial(collate_crops, lut=target_lut),
         pin_memory=pin_memory,
         worker_init_fn=worker_init if workers else None,
         persistent_workers=False,

@@ -26,7 +26,7 @@ from hcli.fsutil import atomic_write_bytes, atomic_write_json
 from hcli.spec import Spec
 from jobs.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from jobs.data import build_eval_dataset, build_train_loader, resume_state
-from jobs.hierarchy import derive_targets, fine_to_coarse_lut
+from jobs.hierarchy import fine_to_coarse_lut
 from jobs.losses import SegLoss
 from jobs.models import build_segmenter
 from jobs.multiclass.evaluate import evaluate, save_samples
@@ -95,6 +95,8 @@ class _Trainer:
             weights = class_weights(
                 manifest, spec.loss.class_weights, clip=spec.loss.weight_clip, ids=train_ids
             )
+        # Hierarchical targets are derived in the loader's workers, off the training step.
+        self.lut = fine_to_coarse_lut(spec.model.coarse_groups)
         self.loader, self.sampler = build_train_loader(
             spec,
             manifest,
@@ -102,6 +104,7 @@ class _Trainer:
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             pin_memory=self.device.type == "cuda",
+            target_lut=self.lut if spec.model.hierarchical else None,
         )
         self.val_set = build_eval_dataset(spec, manifest, self.fold.val or self.fold.test)
         self.test_set = build_eval_dataset(spec, manifest, self.fold.test)
@@ -116,7 +119,6 @@ class _Trainer:
         if spec.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.lut = fine_to_coarse_lut(spec.model.coarse_groups).to(self.device)
         n_coarse = 1 + len(spec.model.coarse_groups) if spec.model.hierarchical else None
         self.criterion = SegLoss(spec.loss, weights, spec.model.hierarchical, n_coarse).to(
             self.device
@@ -195,7 +197,10 @@ class _Trainer:
         masks = batch["mask"].to(self.device, non_blocking=True)
         if self.spec.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        targets = derive_targets(masks, self.lut) if self.spec.model.hierarchical else masks
+        if self.spec.model.hierarchical:
+            targets = {k: v.to(self.device, non_blocking=True) for k, v in batch["targets"].items()}
+        else:
+            targets = masks
         with self.autocast():
             outputs = self.forward(images)
         loss, _ = self.criterion(outputs, targets)
