@@ -11,7 +11,11 @@ and results.json for finished runs. States are mixed like a study in progress.
 
 `hcli status` asks the scheduler about active jobs when `sbatch` is on the PATH. It is timed
   - without SLURM: PATH holds no sbatch, so no scheduler query;
-  - with the real local SLURM (`/tmp/hcli-slurm/env.sh`), when it is up;
+  - with the real local SLURM (`/tmp/hcli-slurm/env.sh`), when it is up, three ways:
+    * queued: every active run's job is a real held job in the queue (squeue knows them all);
+    * gone, first call: no active run's job is known to SLURM any more, and the scheduler cache
+      (`runs/.cache/scheduler.json`) is deleted before each call, so sacct is asked;
+    * gone, later calls: the same folders with the cache the first call left;
 and its scheduler calls are counted with a fake sbatch/squeue/sacct on the PATH, at two run
 counts: it must make ONE squeue call and at most ONE sacct call per invocation, whatever the
 number of runs.
@@ -26,6 +30,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,9 +38,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._util import REPO, Samples, hcli_command, time_interleaved  # noqa: E402
+from benchmarks._util import (  # noqa: E402
+    REPO,
+    Samples,
+    hcli_command,
+    time_command,
+    time_interleaved,
+)
 
-__all__ = ["make_runs", "count_scheduler_calls", "active_slurm_jobs", "main"]
+__all__ = ["make_runs", "count_scheduler_calls", "active_slurm_jobs", "queue_held_jobs", "main"]
 
 GOAL_S = 0.200
 # (state, share) of a study in progress; most runs are finished.
@@ -137,6 +148,7 @@ def count_scheduler_calls(root: Path, fake_bin: Path, *args: str) -> dict[str, i
     and how many job ids the squeue call asked about."""
     log = fake_bin / "calls.log"
     log.unlink(missing_ok=True)
+    (root / ".cache" / "scheduler.json").unlink(missing_ok=True)  # the first call's cost
     env = dict(os.environ, PATH=f"{fake_bin}{os.pathsep}{os.environ.get('PATH', '')}")
     subprocess.run([*hcli_command(), "status", "--runs-dir", str(root), *args], env=env,
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL)
@@ -150,12 +162,47 @@ def count_scheduler_calls(root: Path, fake_bin: Path, *args: str) -> dict[str, i
 def active_slurm_jobs(root: Path) -> int:
     """Distinct SLURM jobs (arrays count once) of the runs whose state.json says active."""
     jobs = set()
-    for state_file in root.glob("*/state.json"):
+    for state_file in _active_slurm_runs(root):
+        jobs.add(json.loads(state_file.read_text())["jobs"][-1]["job_id"].split("_")[0])
+    return len(jobs)
+
+
+def _active_slurm_runs(root: Path) -> list[Path]:
+    found = []
+    for state_file in sorted(root.glob("*/state.json")):
         st = json.loads(state_file.read_text())
         job = st["jobs"][-1]["job_id"] if st.get("jobs") else ""
         if st["state"] in ("PENDING", "RUNNING", "REQUEUED") and job[:1].isdigit():
-            jobs.add(job.split("_")[0])
-    return len(jobs)
+            found.append(state_file)
+    return found
+
+
+def queue_held_jobs(root: Path, env: dict[str, str]) -> str:
+    """Point every active SLURM run under `root` at a task of one real held job array (it stays
+    PENDING, so squeue knows every job, as on a cluster where the runs are alive); returns the
+    array's job id for scancel."""
+    files = _active_slurm_runs(root)
+    done = subprocess.run(["sbatch", "--parsable", "--hold", f"--array=0-{len(files) - 1}",
+                           "-o", "/dev/null", "--wrap", "true"],
+                          env=env, capture_output=True, text=True, check=True)
+    array = done.stdout.strip().split(";")[0]
+    for k, state_file in enumerate(files):
+        st = json.loads(state_file.read_text())
+        st["jobs"][-1]["job_id"] = f"{array}_{k}"
+        state_file.write_text(json.dumps(st, indent=2))
+    return array
+
+
+def _time_cold(cmd: list[str], cache: Path, reps: int, env: dict[str, str]) -> Samples:
+    """`cmd` timed with the scheduler cache deleted before each run (what the first call pays)."""
+    out = Samples([], [])
+    for i in range(reps + 1):
+        cache.unlink(missing_ok=True)
+        wall, cpu = time_command(cmd, env, cwd=REPO)
+        if i:
+            out.values.append(wall)
+            out.cpu.append(cpu)  # type: ignore[union-attr]
+    return out
 
 
 def _slurm_env(env_file: Path) -> dict[str, str] | None:
@@ -212,10 +259,27 @@ def main() -> None:
             lines.append(f"\nwith SLURM: skipped ({args.slurm_env} missing or squeue silent)")
         else:
             slurm.pop("HCLI_DEBUG", None)
+            queued = Path(tmp) / "runs-queued"
+            shutil.copytree(root, queued)
+            array = queue_held_jobs(queued, slurm)
+            try:
+                q_status = [*hcli, "status", "--runs-dir", str(queued)]
+                cmds = {"python -c pass": py, "hcli status": q_status,
+                        "hcli status --json": [*q_status, "--json"]}
+                lines += _report(f"with the real SLURM ({args.slurm_env}), queued: every active "
+                                 f"run's job pending in the queue (held array {array})",
+                                 time_interleaved(cmds, args.reps, env=slurm))
+            finally:
+                subprocess.run(["scancel", array], env=slurm, check=False)
+            cold = _time_cold(status, root / ".cache" / "scheduler.json", args.reps, slurm)
             cmds = {"python -c pass": py, "hcli status": status,
                     "hcli status --json": [*status, "--json"]}
-            lines += _report(f"with the real SLURM ({args.slurm_env})",
-                             time_interleaved(cmds, args.reps, env=slurm))
+            warm = time_interleaved(cmds, args.reps, env=slurm)
+            lines += _report("with the real SLURM, gone: no active run's job known to SLURM, "
+                             "first call (sacct asked; cache deleted before each call)",
+                             {"python -c pass": warm["python -c pass"], "hcli status": cold})
+            lines += _report("with the real SLURM, gone, later calls (how they ended cached)",
+                             warm)
 
         fake = _fake_scheduler(Path(tmp) / "fake-bin", Path(tmp) / "fake-bin" / "calls.log")
         small = Path(tmp) / "runs-small"

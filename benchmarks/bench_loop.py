@@ -85,8 +85,6 @@ def draw_batches(trainer: Any, n: int) -> tuple[list[tuple[Any, Any]], float]:
     targets derived; and the time per batch (what the loop pays for data with 0 workers)."""
     import torch
 
-    from jobs.hierarchy import derive_targets
-
     spec, it = trainer.spec, iter(trainer.loader)
     out, t0 = [], time.perf_counter()
     for _ in range(n):
@@ -94,8 +92,10 @@ def draw_batches(trainer: Any, n: int) -> tuple[list[tuple[Any, Any]], float]:
         images = batch["image"].to(trainer.device)
         if spec.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        masks = batch["mask"].to(trainer.device)
-        targets = derive_targets(masks, trainer.lut) if spec.model.hierarchical else masks
+        if spec.model.hierarchical:  # derived in the loader's workers (jobs.data.collate_crops)
+            targets = {k: v.to(trainer.device) for k, v in batch["targets"].items()}
+        else:
+            targets = batch["mask"].to(trainer.device)
         out.append((images, targets))
     return out, (time.perf_counter() - t0) / n
 
@@ -172,7 +172,7 @@ def time_interleaved(trainer: Any, bare: BareLoop, warmup: int, block: int,
         try:
             trainer.train()
         finally:
-            trainer.ckpt.close()
+            trainer.close()
     t = trainer.spec.train
 
     def after(every: int, at: int = 0) -> list[float]:

@@ -1,20 +1,51 @@
-"""The scheduler as a second witness: one `squeue` and one `sacct` call per invocation.
+"""The scheduler as a second witness: one `squeue` and at most one `sacct` call per invocation.
 
 The run folder is the source of truth (docs/run-folder.md); this module only answers "is this
 job alive, and what does SLURM say about it", for many jobs at once.
+
+`squeue` is the liveness witness: it lists every pending and running job (and, with `-t all`,
+those that ended within MinJobAge), so a job it no longer lists has ended. `sacct` only names
+how such a job ended. Its answer cannot change once given, so it is remembered in a small cache
+beside the run folders: one `sacct` round trip through slurmdbd costs 80-100 ms, which
+`hcli status` would otherwise pay on every call while a dead run's folder still says RUNNING
+(benchmarks/bench_cli.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from hcli.errors import ClusterError
 
-__all__ = ["cluster_available", "job_alive", "scheduler_states", "cancel_job", "max_array_size"]
+__all__ = [
+    "GONE",
+    "SchedulerQuery",
+    "cluster_available",
+    "job_alive",
+    "scheduler_states",
+    "cancel_job",
+    "max_array_size",
+]
+
+# squeue answered and no longer lists the job, and sacct cannot say how it ended.
+GONE = "GONE"
+_ENDED = frozenset({
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+    "BOOT_FAIL", "DEADLINE",
+})
+_ALIVE = frozenset({
+    "PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD",
+    "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT",
+})
+# A job neither squeue nor sacct knows (slurmdbd behind or down) is asked about again after this.
+_RECHECK_GONE_S = 3600.0
 
 
 def cluster_available() -> bool:
@@ -29,27 +60,116 @@ def _run(cmd: list[str], timeout: float = 20) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def scheduler_states(job_ids: Iterable[str]) -> dict[str, str]:
-    """SLURM's state per job id (`123` or `123_4`), from one squeue and, for the rest, one sacct."""
-    wanted = sorted({j for j in job_ids if j and not j.startswith(("local-", "foreground"))})
-    if not wanted or not cluster_available():
-        return {}
-    states: dict[str, str] = {}
-    masters = ",".join(sorted({w.split("_")[0] for w in wanted}))
-    # `-t all`: squeue also reports jobs that ended within MinJobAge, which sacct (written
-    # asynchronously by slurmdbd) may not know yet.
-    out = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", masters])
-    for line in (out or "").splitlines():
+def _parse(out: str) -> dict[str, str]:
+    states = {}
+    for line in out.splitlines():
         jid, _, state = line.strip().partition("|")
-        states[jid] = state
-    missing = [w for w in wanted if w not in states]
-    if missing:
-        out = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(missing)])
-        for line in (out or "").splitlines():
-            jid, _, state = line.strip().partition("|")
-            if jid in missing:
-                states[jid] = state.split()[0] if state else "UNKNOWN"
+        if jid:
+            states[jid] = state.split()[0] if state else "UNKNOWN"
     return states
+
+
+class SchedulerQuery:
+    """SLURM's state per job id (`123` or `123_4`), asked in the background: `squeue` starts on
+    construction, so the caller can read its own files meanwhile; `result()` collects it and, for
+    the jobs squeue no longer lists, asks `sacct` (once) what the cache does not already know.
+
+    `cache` is a JSON file of {job id: {"state", "asked"}} for ended jobs; None keeps nothing.
+    """
+
+    def __init__(self, job_ids: Iterable[str], cache: Path | None = None) -> None:
+        local = ("local-", "foreground")
+        self.wanted = sorted({j for j in job_ids if j and not j.startswith(local)})
+        self.cache_path = cache
+        self._squeue: subprocess.Popen[str] | None = None
+        if not self.wanted or not cluster_available():
+            self.wanted = []
+            return
+        masters = ",".join(sorted({w.split("_")[0] for w in self.wanted}))
+        with contextlib.suppress(OSError):
+            # `-t all`: squeue also reports jobs that ended within MinJobAge, which sacct
+            # (written asynchronously by slurmdbd) may not know yet.
+            self._squeue = subprocess.Popen(
+                ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", masters],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+
+    def _listed(self) -> dict[str, str] | None:
+        """squeue's answer; None when it could not answer (then nobody is proven gone)."""
+        if self._squeue is None:
+            return None
+        try:
+            out, err = self._squeue.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self._squeue.kill()
+            self._squeue.communicate()
+            return None
+        if self._squeue.returncode == 0:
+            return _parse(out)
+        # One unknown id alone makes squeue fail with this message: an answer, not an error.
+        return {} if "Invalid job id" in err else None
+
+    def result(self) -> dict[str, str]:
+        if not self.wanted:
+            return {}
+        listed = self._listed()
+        wanted = set(self.wanted)
+        states = {w: s for w, s in (listed or {}).items() if w in wanted}
+        ended = [w for w in self.wanted if w not in states]
+        if not ended:
+            return states
+        cache = self._read_cache() if listed is not None else {}
+        now = time.time()
+        remembered = {
+            j: e["state"] for j, e in cache.items()
+            if j in ended and (e["state"] != GONE or now - e["asked"] < _RECHECK_GONE_S)
+        }
+        ask = [j for j in ended if j not in remembered]
+        named = {}
+        if ask:
+            out = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(ask)])
+            named = {j: s for j, s in _parse(out or "").items() if j in ask}
+        states |= remembered | named
+        if listed is not None:
+            # squeue no longer lists them: ended, whatever sacct knows.
+            for j in ask:
+                states.setdefault(j, GONE)
+            if ask:
+                self._write_cache(cache, {j: states[j] for j in ask}, ended, now)
+        return states
+
+    def _read_cache(self) -> dict[str, dict]:
+        if self.cache_path is None:
+            return {}
+        try:
+            data = json.loads(self.cache_path.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return {
+            j: e for j, e in data.items()
+            if isinstance(e, dict) and isinstance(e.get("state"), str)
+            and isinstance(e.get("asked"), int | float)
+        } if isinstance(data, dict) else {}
+
+    def _write_cache(
+        self, cache: dict[str, dict], fresh: dict[str, str], ended: list[str], now: float
+    ) -> None:
+        if self.cache_path is None:
+            return
+        from hcli.fsutil import atomic_write_json
+
+        # Only what this call still needed: entries of runs that moved on drop out.
+        keep = {j: e for j, e in cache.items() if j in ended}
+        keep |= {j: {"state": s, "asked": now} for j, s in fresh.items() if s in _ENDED | {GONE}}
+        # The cache is a convenience: a read-only study folder must not break status.
+        with contextlib.suppress(OSError):
+            atomic_write_json(self.cache_path, keep)
+
+
+def scheduler_states(job_ids: Iterable[str], cache: Path | None = None) -> dict[str, str]:
+    """SLURM's state per job id, from one squeue and, for the jobs it no longer lists, one sacct
+    (GONE where sacct does not know them either)."""
+    return SchedulerQuery(job_ids, cache).result()
 
 
 def job_alive(
@@ -79,19 +199,7 @@ def job_alive(
     known = (scheduler if scheduler is not None else scheduler_states([job_id])).get(job_id)
     if known is None:
         return None
-    return known in (
-        "PENDING",
-        "RUNNING",
-        "REQUEUED",
-        "CONFIGURING",
-        "COMPLETING",
-        "SUSPENDED",
-        "REQUEUE_HOLD",
-        "REQUEUE_FED",
-        "RESIZING",
-        "SIGNALING",
-        "STAGE_OUT",
-    )
+    return known in _ALIVE
 
 
 def _not_zombie(pid: int) -> bool:

@@ -1,8 +1,9 @@
 """Where every run stands: the run folder first, the scheduler as a second witness.
 
-One `squeue` (and one `sacct` for jobs squeue no longer knows) per call, about the runs recorded
-as active only, whatever the number of runs (submitit #1720: status must not depend on one query
-per job, nor on sacct alone).
+One `squeue` (and one `sacct` for jobs squeue no longer lists, unless an earlier call already
+learnt how they ended) per call, about the runs recorded as active only, whatever the number of
+runs (submitit #1720: status must not depend on one query per job, nor on sacct alone). squeue
+runs while the progress files are read.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hcli.scheduler import job_alive, scheduler_states
+from hcli.scheduler import GONE, SchedulerQuery, job_alive
 
-__all__ = ["STALE_AFTER_S", "status_rows"]
+__all__ = ["STALE_AFTER_S", "SCHEDULER_CACHE", "status_rows"]
 
 STALE_AFTER_S = 300.0
+# How ended jobs ended, as sacct said (hcli.scheduler); relative to the runs root.
+SCHEDULER_CACHE = Path(".cache", "scheduler.json")
 _ACTIVE = ("PENDING", "RUNNING", "REQUEUED")
 _SCHEDULER_TERMINAL = {
     "FAILED",
@@ -28,13 +31,15 @@ _SCHEDULER_TERMINAL = {
     "PREEMPTED",
     "BOOT_FAIL",
     "DEADLINE",
+    GONE,
 }
 
 
 def _read(path: str) -> Any:
     try:
-        with open(path) as fh:
-            return json.load(fh)
+        # Bytes straight to the parser: a third faster than text mode over 1000 small files.
+        with open(path, "rb") as fh:
+            return json.loads(fh.read())
     except (OSError, ValueError):
         return None
 
@@ -54,7 +59,7 @@ def status_rows(
     import time
 
     now = time.time()
-    raw: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    found: list[tuple[str, dict[str, Any]]] = []
     if root.is_dir():
         for entry in sorted(os.scandir(root), key=lambda e: e.name):
             if entry.name.startswith(".") or not entry.is_dir():
@@ -64,15 +69,16 @@ def status_rows(
                 continue
             if kind and st.get("kind") != kind:
                 continue
-            progress = _read(os.path.join(entry.path, "progress.json")) or {}
-            raw.append((entry.path, st, progress))
-    job_ids = [(st.get("jobs") or [{}])[-1].get("job_id") for _, st, _ in raw]
+            found.append((entry.path, st))
+    job_ids = [(st.get("jobs") or [{}])[-1].get("job_id") for _, st in found]
     # Only runs the folder calls active need a witness (a finished run's state is settled), and
     # a study's hundreds of old job ids would make the sacct call slow (benchmarks/bench_cli.py).
     active = [
-        j for (_, st, _), j in zip(raw, job_ids, strict=True) if j and st.get("state") in _ACTIVE
+        j for (_, st), j in zip(found, job_ids, strict=True) if j and st.get("state") in _ACTIVE
     ]
-    witness = scheduler_states(active) if query_scheduler else {}
+    query = SchedulerQuery(active if query_scheduler else [], cache=root / SCHEDULER_CACHE)
+    raw = [(path, st, _read(os.path.join(path, "progress.json")) or {}) for path, st in found]
+    witness = query.result()
     rows = []
     for (path, st, progress), job_id in zip(raw, job_ids, strict=True):
         row = _row(path, st, progress, job_id, witness, now)

@@ -44,10 +44,19 @@ def fine_to_coarse_lut(coarse_groups: Mapping[str, Sequence[str]]) -> torch.Tens
 
 
 def derive_targets(mask: torch.Tensor, lut: torch.Tensor) -> dict[str, torch.Tensor]:
-    """{"fine", "coarse", "binary"} LongTensors shaped like `mask` (ids 0..15 or 255)."""
-    fine = mask.long()
-    fine = torch.where((fine >= 0) & (fine < len(CLASS_NAMES)), fine, IGNORE_INDEX)
-    coarse = lut.to(fine.device)[fine]
+    """{"fine", "coarse", "binary"} shaped like `mask` and of its dtype (ids 0..15 or 255).
+
+    The three are views of one (3, *mask.shape) tensor: a loader worker ships them to the
+    training process as one shared-memory block, and as uint8 (the stored masks' dtype) it is an
+    eighth of int64's size (benchmarks/bench_loop.py). The losses take any integer dtype.
+    """
+    out = torch.empty((3, *mask.shape), dtype=mask.dtype, device=mask.device)
+    fine, coarse, binary = out.unbind(0)
+    ignore = torch.full((), IGNORE_INDEX, dtype=mask.dtype, device=mask.device)
+    torch.where((mask >= 0) & (mask < len(CLASS_NAMES)), mask, ignore, out=fine)
+    torch.index_select(
+        lut.to(mask.device, mask.dtype), 0, fine.reshape(-1).long(), out=coarse.view(-1)
+    )
     # Binary follows from coarse (0 stays Clean, any group is damage), so no second table.
-    binary = torch.where(coarse == IGNORE_INDEX, coarse, (coarse > 0).long())
+    torch.where(coarse == ignore, coarse, (coarse > 0).to(mask.dtype), out=binary)
     return {"fine": fine, "coarse": coarse, "binary": binary}

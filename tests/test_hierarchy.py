@@ -30,7 +30,11 @@ def test_derive_targets_by_hand_and_255_preserved() -> None:
     assert t["fine"].tolist() == [[0, 1, 2, 3], [15, 255, 0, 255]]
     assert t["coarse"].tolist() == [[0, 1, 1, 2], [2, 255, 0, 255]]
     assert t["binary"].tolist() == [[0, 1, 1, 1], [1, 255, 0, 255]]
-    assert all(v.dtype == torch.long and v.shape == mask.shape for v in t.values())
+    assert all(v.dtype == mask.dtype and v.shape == mask.shape for v in t.values())
+    # One block (what a loader worker ships), and the same ids from an int64 mask.
+    assert len({v.untyped_storage().data_ptr() for v in t.values()}) == 1
+    wide = derive_targets(mask.long(), lut)
+    assert all(wide[k].dtype == torch.long and torch.equal(wide[k], t[k].long()) for k in t)
 
 
 def test_derive_targets_batch_consistent_with_lut() -> None:

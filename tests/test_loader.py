@@ -80,7 +80,7 @@ def test_crop_equals_window_of_full_array_and_reads_only_it(data, monkeypatch):
     for index in (0, 3, 4):  # 300×280 and 90×120 images
         calls.clear()
         item = ds[DrawKey(index, epoch=1, position=0, draw=index)]
-        y0, x0, h, w = item["window"].tolist()
+        y0, x0, h, w = item["window"]
         assert (h, w) == (CROP, CROP)
         reads = [args for _, args in calls]
         assert reads == [(slice(y0, y0 + h), slice(x0, x0 + w))] * 2  # image and mask
@@ -91,9 +91,10 @@ def test_crop_equals_window_of_full_array_and_reads_only_it(data, monkeypatch):
         expect = normalise(full_image[y0 : y0 + h, x0 : x0 + w])
         assert torch.allclose(item["image"], expect, atol=1e-5)
         assert torch.equal(
-            item["mask"], torch.from_numpy(full_mask[y0 : y0 + h, x0 : x0 + w]).long()
+            item["mask"], torch.from_numpy(full_mask[y0 : y0 + h, x0 : x0 + w])
         )
-        assert item["image"].dtype == torch.float32 and item["mask"].dtype == torch.int64
+        # uint8 labels cross the loader's process boundary; the losses widen them.
+        assert item["image"].dtype == torch.float32 and item["mask"].dtype == torch.uint8
 
 
 def test_small_image_padded_with_ignore(data):
@@ -109,7 +110,7 @@ def test_random_scale_resizes_window(data):
     root, manifest = data
     ds = CropDataset(root, manifest, ids_of(manifest), crop_size=CROP, scale_range=(0.5, 0.5))
     item = ds[DrawKey(0, 0, 0, 0)]
-    _, _, h, w = item["window"].tolist()
+    _, _, h, w = item["window"]
     assert (h, w) == (2 * CROP, 2 * CROP)  # 128 source pixels become the 64-pixel crop
     assert item["image"].shape == (3, CROP, CROP)
 
@@ -156,6 +157,24 @@ def test_loader_identical_with_zero_and_two_workers(data):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
         assert a["id"] == b["id"] and a["epoch"] == b["epoch"]
     assert max(batches[0][-1]["epoch"]) >= 1
+
+
+def test_hierarchical_batches_carry_one_uint8_block_of_targets(data):
+    from hcli.classes import DEFAULT_COARSE_GROUPS
+    from jobs.hierarchy import derive_targets, fine_to_coarse_lut
+
+    root, manifest = data
+    spec = spec_for(root)
+    lut = fine_to_coarse_lut(DEFAULT_COARSE_GROUPS)
+    plain_loader, _ = build_train_loader(spec, manifest, ids_of(manifest), num_workers=0)
+    loader, _ = build_train_loader(spec, manifest, ids_of(manifest), num_workers=1,
+                                   target_lut=lut)
+    masks, batch = next(iter(plain_loader))["mask"], next(iter(loader))
+    assert "mask" not in batch  # the fine target replaces it
+    targets = batch["targets"]
+    assert all(t.dtype == torch.uint8 and t.shape == masks.shape for t in targets.values())
+    expect = derive_targets(masks.long(), lut)
+    assert all(torch.equal(targets[k].long(), expect[k]) for k in expect)
 
 
 def test_loader_resumes_mid_epoch_from_batch_state(data):

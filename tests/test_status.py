@@ -65,3 +65,72 @@ def test_one_scheduler_query_whatever_the_number_of_runs(tmp_path, monkeypatch):
     rows = status_rows(tmp_path / "runs")
     assert len(rows) == 40
     assert calls.read_text().split() == ["squeue", "sacct"]
+
+
+def _fake_tools(bin_dir: Path, calls: Path, squeue: str, sacct: str, squeue_rc: int = 0,
+                squeue_err: str = "") -> None:
+    """squeue/sacct/sbatch stand-ins that log their calls and print fixed answers."""
+    bin_dir.mkdir(exist_ok=True)
+    answers = {"squeue": (squeue, squeue_rc, squeue_err), "sacct": (sacct, 0, ""),
+               "sbatch": ("", 0, "")}
+    for tool, (out, rc, err) in answers.items():
+        script = bin_dir / tool
+        script.write_text(f"#!/bin/sh\necho {tool} >> {calls}\nprintf '{out}'\n"
+                          f"printf '{err}' >&2\nexit {rc}\n")
+        script.chmod(0o755)
+
+
+def test_squeue_witnesses_liveness_and_sacct_is_asked_once_per_ended_job(tmp_path, monkeypatch):
+    calls, root = tmp_path / "calls", tmp_path / "runs"
+    _fake_tools(tmp_path / "bin", calls, squeue="200|RUNNING\\n201|PENDING\\n",
+                sacct="202|OUT_OF_MEMORY\\n203|CANCELLED by 0\\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    for i, state in enumerate(("RUNNING", "PENDING", "RUNNING", "REQUEUED", "RUNNING")):
+        _run(root, f"r{i}", state, str(200 + i), 5)
+    first = {r["run_id"]: r for r in status_rows(root)}
+    assert [first[f"r{i}"]["state"] for i in range(5)] == [
+        "RUNNING", "PENDING", "FAILED", "CANCELLED", "FAILED"]
+    # r4's job: squeue no longer lists it and sacct does not know it: ended all the same.
+    assert [first[f"r{i}"]["scheduler_state"] for i in (2, 3, 4)] == [
+        "OUT_OF_MEMORY", "CANCELLED", "GONE"]
+    assert calls.read_text().split() == ["squeue", "sacct"]
+    cached = json.loads((root / ".cache" / "scheduler.json").read_text())
+    assert {j: e["state"] for j, e in cached.items()} == {
+        "202": "OUT_OF_MEMORY", "203": "CANCELLED", "204": "GONE"}
+
+    calls.unlink()
+    again = {r["run_id"]: r for r in status_rows(root)}
+    assert calls.read_text().split() == ["squeue"]  # how they ended is remembered
+    assert {k: r["state"] for k, r in again.items()} == {k: r["state"] for k, r in first.items()}
+
+    # A run that moved on (resumed: a new job id) drops out of the cache at the next sacct call.
+    _run(root, "r5", "RUNNING", "205", 5)
+    st = json.loads((root / "r2" / "state.json").read_text())
+    st["state"] = "COMPLETED"
+    (root / "r2" / "state.json").write_text(json.dumps(st))
+    status_rows(root)
+    assert set(json.loads((root / ".cache" / "scheduler.json").read_text())) == {
+        "203", "204", "205"}
+
+
+def test_a_failing_squeue_proves_nothing_gone(tmp_path, monkeypatch):
+    calls, root = tmp_path / "calls", tmp_path / "runs"
+    _fake_tools(tmp_path / "bin", calls, squeue="", sacct="301|RUNNING\\n", squeue_rc=1,
+                squeue_err="slurm_load_jobs error: Unable to contact slurm controller")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    _run(root, "a", "RUNNING", "300", 5)
+    _run(root, "b", "RUNNING", "301", 5)
+    rows = {r["run_id"]: r for r in status_rows(root)}
+    assert (rows["a"]["state"], rows["a"]["scheduler_state"]) == ("RUNNING", None)
+    assert (rows["b"]["state"], rows["b"]["scheduler_state"]) == ("RUNNING", "RUNNING")
+    assert not (root / ".cache").exists()  # nothing learnt, nothing remembered
+
+
+def test_one_unknown_job_id_is_an_answer_not_an_error(tmp_path, monkeypatch):
+    # squeue -j with a single unknown id exits 1 with this message (Slurm 22.05).
+    calls, root = tmp_path / "calls", tmp_path / "runs"
+    _fake_tools(tmp_path / "bin", calls, squeue="", sacct="", squeue_rc=1,
+                squeue_err="slurm_load_jobs error: Invalid job id specified")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    _run(root, "a", "RUNNING", "400", 5)
+    assert status_rows(root)[0]["state"] == "FAILED"

@@ -51,7 +51,8 @@ def collate_crops(items: list[dict[str, Any]], lut: torch.Tensor | None = None) 
     """Stack image and mask; keep the bookkeeping fields as lists. Each tensor a worker returns
     travels in its own shared-memory segment, so fewer tensors is less main-process work
     (benchmarks/bench_loop.py). `resume_state` reads the lists. With `lut` (hierarchical heads),
-    the coarse and binary targets are derived here, in the worker, not in the training step."""
+    the fine, coarse and binary targets (one uint8 block) replace the mask: derived here, in the
+    worker, not in the training step."""
     from jobs.hierarchy import derive_targets
 
     out = {
@@ -60,7 +61,7 @@ def collate_crops(items: list[dict[str, Any]], lut: torch.Tensor | None = None) 
         **{k: [it[k] for it in items] for k in items[0] if k not in ("image", "mask")},
     }
     if lut is not None:
-        out["targets"] = derive_targets(out["mask"], lut)
+        out["targets"] = derive_targets(out.pop("mask"), lut)
     return out
 
 

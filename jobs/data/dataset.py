@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from hcli.data.manifest import Manifest, SampleEntry
@@ -116,7 +115,7 @@ class CropDataset(_ShardDataset):
     rotations, colour jitter; padded with 255 in the mask where the image is smaller.
 
     `dataset[key]` takes a DrawKey (or a plain int: epoch 0, draw 0). Returns a dict with
-    `image` float32 (3, crop, crop), `mask` int64 (crop, crop), `index`, `epoch`, `position`,
+    `image` float32 (3, crop, crop), `mask` uint8 (crop, crop), `index`, `epoch`, `position`,
     `window` (y0, x0, height, width in the stored image) and `id`.
     """
 
@@ -169,7 +168,9 @@ class CropDataset(_ShardDataset):
             "index": key.index,
             "epoch": key.epoch,
             "position": key.position,
-            "window": torch.tensor([window.y0, window.x0, window.height, window.width]),
+            # Plain ints: a tensor here would cross to the training process as its own
+            # shared-memory segment, one per sample (benchmarks/bench_loop.py).
+            "window": tuple(int(v) for v in (window.y0, window.x0, window.height, window.width)),
             "id": entry.id,
         }
 
@@ -183,4 +184,4 @@ class EvalDataset(_ShardDataset):
         entry = self.entries[index]
         group = self.reader.group(entry)
         x, y = to_tensors(group["image"][()], group["mask"][()])
-        return {"image": x, "mask": y, "index": index, "id": entry.id}
+        return {"image": x, "mask": y.long(), "index": index, "id": entry.id}

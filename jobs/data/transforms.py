@@ -136,8 +136,9 @@ _NORM_LUT = (
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 HWC image → float32 CHW normalised with ImageNet mean/std; mask → int64 HW."""
+    """uint8 HWC image → float32 CHW normalised with ImageNet mean/std; mask stays uint8 HW
+    (an eighth of int64 across the loader's process boundary; losses and metrics widen it)."""
     out = np.empty((3, *image.shape[:2]), dtype=np.float32)
     for c, plane in enumerate(cv2.split(image)):
         cv2.LUT(plane, _NORM_LUT[c], dst=out[c])
-    return torch.from_numpy(out), torch.from_numpy(np.ascontiguousarray(mask)).long()
+    return torch.from_numpy(out), torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))

@@ -13,6 +13,7 @@ import io
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from hcli.fsutil import atomic_write_bytes, atomic_write_json
 from hcli.spec import Spec
 from jobs.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from jobs.data import build_eval_dataset, build_train_loader, resume_state
+from jobs.data.prefetch import ThreadPrefetcher
 from jobs.hierarchy import fine_to_coarse_lut
 from jobs.losses import SegLoss
 from jobs.models import build_segmenter
@@ -144,6 +146,7 @@ class _Trainer:
         self.sampler_state: dict[str, int] | None = None
         self.best = {"miou": -math.inf, "step": None}
         self.bad_validations = 0
+        self._batches: Iterator[dict[str, Any]] | None = None
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -194,13 +197,13 @@ class _Trainer:
 
     def _micro_step(self, batch: dict[str, Any], scale: float) -> torch.Tensor:
         images = batch["image"].to(self.device, non_blocking=True)
-        masks = batch["mask"].to(self.device, non_blocking=True)
         if self.spec.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        # uint8 labels (the loss widens them on the device, an eighth of the transfer).
         if self.spec.model.hierarchical:
             targets = {k: v.to(self.device, non_blocking=True) for k, v in batch["targets"].items()}
         else:
-            targets = masks
+            targets = batch["mask"].to(self.device, non_blocking=True)
         with self.autocast():
             outputs = self.forward(images)
         loss, _ = self.criterion(outputs, targets)
@@ -258,12 +261,25 @@ class _Trainer:
         self.bad_validations = broadcast_object(self.bad_validations)
         return t.early_stop_patience is not None and self.bad_validations >= t.early_stop_patience
 
+    def _iterate_loader(self) -> Iterator[dict[str, Any]]:
+        # With workers and no pin-memory thread (CPU), receiving a batch would otherwise be the
+        # training thread's work (jobs/data/prefetch.py). Without workers the loading itself
+        # would move into the thread and contend for the GIL: left in line.
+        if getattr(self.loader, "num_workers", 0) and not getattr(self.loader, "pin_memory", False):
+            return ThreadPrefetcher(self.loader)
+        return iter(self.loader)
+
+    def close(self) -> None:
+        if isinstance(self._batches, ThreadPrefetcher):
+            self._batches.close()
+        self.ckpt.close()
+
     def train(self) -> Outcome:
         t = self.spec.train
         # After resume: a loader iterator with workers starts drawing from the sampler at once,
         # so the sampler must already stand at the saved position.
         self.resume()
-        batches = iter(self.loader)
+        batches = self._batches = self._iterate_loader()
         self.model.train()
         last_ckpt_time = time.monotonic()
         bar = tqdm(
@@ -425,4 +441,4 @@ def run(ctx: JobContext) -> Outcome:
     try:
         return trainer.train()
     finally:
-        trainer.ckpt.close()
+        trainer.close()
