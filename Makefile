@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# torch 2.14.1 / torchvision 0.29.1 come from this machine's wheel cache when present.
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	# An editable install leaves hcli/ uncompiled, and with PYTHONDONTWRITEBYTECODE set (as on
+	# these machines) every command would compile it again: ~40 ms of each `hcli status`.
+	$(PY) -m compileall -q hcli jobs > /dev/null
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,6 +1,5 @@
 """Option aliases shared by the command modules, and output helpers."""
 
-from __future__ import annotations
 
 import json
 import sys

@@ -1,6 +1,5 @@
 """`hcli data ...`: synth, prepare, stats, splits (owned by the data work)."""
 
-from __future__ import annotations
 
 import typer
 

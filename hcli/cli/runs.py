@@ -1,6 +1,5 @@
 """`hcli submit | resume | status | logs | cancel`: thin wrappers over hcli.launch, hcli.status."""
 
-from __future__ import annotations
 
 import os
 import sys
@@ -27,7 +26,7 @@ ForegroundOpt = Annotated[
 ]
 
 
-def _mode(cluster: bool, local: bool, foreground: bool) -> Mode:
+def _mode(cluster: bool, local: bool, foreground: bool) -> "Mode":
     from hcli.errors import UserError
     from hcli.scheduler import cluster_available
 
@@ -275,7 +274,7 @@ def _cells(r: dict) -> list[str]:
     ]
 
 
-def _status_table(rows: list[dict], root: Path) -> Table:
+def _status_table(rows: list[dict], root: Path) -> "Table":
     """The rich table `--watch` refreshes in place."""
     from rich.table import Table
 

@@ -1,6 +1,5 @@
 """`hcli spec show | validate | schema`."""
 
-from __future__ import annotations
 
 from typing import Annotated
 
