@@ -67,9 +67,11 @@ def test_one_scheduler_query_whatever_the_number_of_runs(tmp_path, monkeypatch):
     assert calls.read_text().split() == ["squeue", "sacct"]
 
 
-def _fake_tools(bin_dir: Path, calls: Path, squeue: str, sacct: str, squeue_rc: int = 0,
-                squeue_err: str = "") -> None:
-    """squeue/sacct/sbatch stand-ins that log their calls and print fixed answers."""
+def _fake_tools(tmp_path: Path, monkeypatch, squeue: str, sacct: str, squeue_rc: int = 0,
+                squeue_err: str = "") -> tuple[Path, Path]:
+    """squeue/sacct/sbatch stand-ins on the PATH that log their calls and print fixed answers;
+    returns (the call log, a runs root)."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
     bin_dir.mkdir(exist_ok=True)
     answers = {"squeue": (squeue, squeue_rc, squeue_err), "sacct": (sacct, 0, ""),
                "sbatch": ("", 0, "")}
@@ -78,13 +80,13 @@ def _fake_tools(bin_dir: Path, calls: Path, squeue: str, sacct: str, squeue_rc: 
         script.write_text(f"#!/bin/sh\necho {tool} >> {calls}\nprintf '{out}'\n"
                           f"printf '{err}' >&2\nexit {rc}\n")
         script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return calls, tmp_path / "runs"
 
 
 def test_squeue_witnesses_liveness_and_sacct_is_asked_once_per_ended_job(tmp_path, monkeypatch):
-    calls, root = tmp_path / "calls", tmp_path / "runs"
-    _fake_tools(tmp_path / "bin", calls, squeue="200|RUNNING\\n201|PENDING\\n",
+    calls, root = _fake_tools(tmp_path, monkeypatch, squeue="200|RUNNING\\n201|PENDING\\n",
                 sacct="202|OUT_OF_MEMORY\\n203|CANCELLED by 0\\n")
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     for i, state in enumerate(("RUNNING", "PENDING", "RUNNING", "REQUEUED", "RUNNING")):
         _run(root, f"r{i}", state, str(200 + i), 5)
     first = {r["run_id"]: r for r in status_rows(root)}
@@ -114,10 +116,8 @@ def test_squeue_witnesses_liveness_and_sacct_is_asked_once_per_ended_job(tmp_pat
 
 
 def test_a_failing_squeue_proves_nothing_gone(tmp_path, monkeypatch):
-    calls, root = tmp_path / "calls", tmp_path / "runs"
-    _fake_tools(tmp_path / "bin", calls, squeue="", sacct="301|RUNNING\\n", squeue_rc=1,
+    calls, root = _fake_tools(tmp_path, monkeypatch, squeue="", sacct="301|RUNNING\\n", squeue_rc=1,
                 squeue_err="slurm_load_jobs error: Unable to contact slurm controller")
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     _run(root, "a", "RUNNING", "300", 5)
     _run(root, "b", "RUNNING", "301", 5)
     rows = {r["run_id"]: r for r in status_rows(root)}
@@ -128,9 +128,7 @@ def test_a_failing_squeue_proves_nothing_gone(tmp_path, monkeypatch):
 
 def test_one_unknown_job_id_is_an_answer_not_an_error(tmp_path, monkeypatch):
     # squeue -j with a single unknown id exits 1 with this message (Slurm 22.05).
-    calls, root = tmp_path / "calls", tmp_path / "runs"
-    _fake_tools(tmp_path / "bin", calls, squeue="", sacct="", squeue_rc=1,
+    calls, root = _fake_tools(tmp_path, monkeypatch, squeue="", sacct="", squeue_rc=1,
                 squeue_err="slurm_load_jobs error: Invalid job id specified")
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     _run(root, "a", "RUNNING", "400", 5)
     assert status_rows(root)[0]["state"] == "FAILED"
