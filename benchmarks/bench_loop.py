@@ -198,6 +198,8 @@ class _MemoryLoader:
     """Diagnosis only: the loader's own batches, drawn once and replayed, so the job's loop runs
     without loading data and the remaining gap is the loop's own bookkeeping."""
 
+    num_workers, pin_memory = 0, False  # what the job's loop asks a loader
+
     def __init__(self, loader: Any, n: int) -> None:
         it = iter(loader)
         self.batches = [next(it) for _ in range(n)]

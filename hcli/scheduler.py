@@ -25,6 +25,7 @@ from pathlib import Path
 from hcli.errors import ClusterError
 
 __all__ = [
+    "ENDED",
     "GONE",
     "SchedulerQuery",
     "cluster_available",
@@ -36,9 +37,10 @@ __all__ = [
 
 # squeue answered and no longer lists the job, and sacct cannot say how it ended.
 GONE = "GONE"
-_ENDED = frozenset({
+# A job in one of these states is over for good (its run folder may not know it yet).
+ENDED = frozenset({
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
-    "BOOT_FAIL", "DEADLINE",
+    "BOOT_FAIL", "DEADLINE", GONE,
 })
 _ALIVE = frozenset({
     "PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD",
@@ -128,7 +130,8 @@ class SchedulerQuery:
         named = {}
         if ask:
             out = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(ask)])
-            named = {j: s for j, s in _parse(out or "").items() if j in ask}
+            asked = set(ask)
+            named = {j: s for j, s in _parse(out or "").items() if j in asked}
         states |= remembered | named
         if listed is not None:
             # squeue no longer lists them: ended, whatever sacct knows.
@@ -160,7 +163,7 @@ class SchedulerQuery:
 
         # Only what this call still needed: entries of runs that moved on drop out.
         keep = {j: e for j, e in cache.items() if j in ended}
-        keep |= {j: {"state": s, "asked": now} for j, s in fresh.items() if s in _ENDED | {GONE}}
+        keep |= {j: {"state": s, "asked": now} for j, s in fresh.items() if s in ENDED}
         # The cache is a convenience: a read-only study folder must not break status.
         with contextlib.suppress(OSError):
             atomic_write_json(self.cache_path, keep)

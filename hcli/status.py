@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hcli.scheduler import GONE, SchedulerQuery, job_alive
+from hcli.scheduler import ENDED, SchedulerQuery, job_alive
 
 __all__ = ["STALE_AFTER_S", "SCHEDULER_CACHE", "status_rows"]
 
@@ -22,17 +22,6 @@ STALE_AFTER_S = 300.0
 # How ended jobs ended, as sacct said (hcli.scheduler); relative to the runs root.
 SCHEDULER_CACHE = Path(".cache", "scheduler.json")
 _ACTIVE = ("PENDING", "RUNNING", "REQUEUED")
-_SCHEDULER_TERMINAL = {
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "NODE_FAIL",
-    "OUT_OF_MEMORY",
-    "PREEMPTED",
-    "BOOT_FAIL",
-    "DEADLINE",
-    GONE,
-}
 
 
 def _read(path: str) -> Any:
@@ -102,7 +91,7 @@ def _row(
     derived = recorded
     if recorded in _ACTIVE:
         alive = job_alive(job_id, witness, st)
-        if scheduler in _SCHEDULER_TERMINAL or scheduler == "COMPLETED":
+        if scheduler in ENDED:
             derived = "FAILED" if scheduler != "CANCELLED" else "CANCELLED"
         elif alive is False and (recorded != "PENDING" or (job_id or "").startswith("local-")):
             derived = "FAILED"

@@ -1,6 +1,5 @@
 """Option aliases shared by the command modules, and output helpers."""
 
-
 import json
 import sys
 from pathlib import Path

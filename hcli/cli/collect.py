@@ -1,6 +1,5 @@
 """`hcli collect`: the study's tables and figures from run folders."""
 
-
 from pathlib import Path
 from typing import Annotated, Any
 

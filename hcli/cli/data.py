@@ -1,6 +1,5 @@
 """`hcli data ...`: synth, prepare, stats, splits (owned by the data work)."""
 
-
 import typer
 
 app = typer.Typer(no_args_is_help=True)

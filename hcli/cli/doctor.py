@@ -1,6 +1,5 @@
 """`hcli doctor`: the probe job's checks, run in this process."""
 
-
 from pathlib import Path
 from typing import Annotated
 

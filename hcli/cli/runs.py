@@ -1,6 +1,5 @@
 """`hcli submit | resume | status | logs | cancel`: thin wrappers over hcli.launch, hcli.status."""
 
-
 import os
 import sys
 import time

@@ -1,6 +1,5 @@
 """`hcli spec show | validate | schema`."""
 
-
 from typing import Annotated
 
 import typer

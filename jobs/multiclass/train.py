@@ -265,7 +265,7 @@ class _Trainer:
         # With workers and no pin-memory thread (CPU), receiving a batch would otherwise be the
         # training thread's work (jobs/data/prefetch.py). Without workers the loading itself
         # would move into the thread and contend for the GIL: left in line.
-        if getattr(self.loader, "num_workers", 0) and not getattr(self.loader, "pin_memory", False):
+        if self.loader.num_workers and not self.loader.pin_memory:
             return ThreadPrefetcher(self.loader)
         return iter(self.loader)
 
