@@ -267,3 +267,22 @@ def test_snapshot_copies_every_kind_of_tensor(tmp_path: Path) -> None:
         expect = {k: (v.clone() if torch.is_tensor(v) else torch.from_numpy(v.copy()))
                   for k, v in state.items()}
     mgr.close()
+
+
+def test_snapshot_follows_tensors_replaced_between_snapshots(tmp_path: Path) -> None:
+    """Cached byte views must not outlive the tensor they were made for: a key whose tensor
+    is replaced (load_state_dict into new memory, a resized buffer) is read from the new one.
+    Sizes span several copy batches; parameters arrive with requires_grad."""
+    big = 3 << 20  # 12 MB of float32 each: more than one copy batch
+    state = {"w": nn.Parameter(torch.randn(big)), "b": torch.randn(big), "s": torch.ones(3)}
+    mgr = CheckpointManager(tmp_path, keep=1)
+    first = mgr.snapshot(state)
+    assert torch.equal(first["w"], state["w"].detach()) and not first["w"].requires_grad
+    state["b"] = torch.randn(big)  # same key, shape and dtype; other memory
+    state["s"] = torch.full((3,), 7.0)
+    with torch.no_grad():
+        state["w"].mul_(-1)
+    second = mgr.snapshot(state)
+    for key in state:
+        assert torch.equal(second[key], state[key].detach()), key
+    mgr.close()
