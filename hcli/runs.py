@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from hcli.errors import RunError
 from hcli.fsutil import atomic_write_json, atomic_write_text, read_json
+from hcli.runs_dir import resolve_runs_dir
 
-# Imported where used: `hcli status` needs only resolve_runs_dir, and pydantic models, yaml and
-# filelock cost it ~45 ms (benchmarks/bench_cli.py).
+# Imported where used: pydantic models, yaml and filelock cost ~45 ms, which the light commands
+# (`hcli logs`, `hcli cancel`) need not pay (benchmarks/bench_cli.py).
 if TYPE_CHECKING:
     from filelock import FileLock
 
@@ -46,14 +47,6 @@ _SNAPSHOT_DIRS = ("hcli", "jobs", "configs")
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def resolve_runs_dir(option: Path | None = None) -> Path:
-    """`--runs-dir`, else `$HCLI_RUNS_DIR`, else `./runs`."""
-    if option is not None:
-        return Path(option).resolve()
-    env = os.environ.get("HCLI_RUNS_DIR")
-    return Path(env).resolve() if env else Path("runs").resolve()
 
 
 def run_lock(root: Path, run_id: str) -> FileLock:

@@ -2,39 +2,34 @@
 
 Errors raised on purpose (`hcli.errors.HcliError`) become one line on stderr and an exit code
 here, at the edge; `HCLI_DEBUG=1` shows the traceback instead. Heavy modules (pydantic specs,
-h5py, torch) are imported inside commands so `hcli --help` stays fast. The command modules do
-not use `from __future__ import annotations`: typer would then `eval` every option's string
-annotation on each call (~20 ms of `hcli status`, benchmarks/bench_cli.py).
+h5py, torch) are imported inside commands so `hcli --help` stays fast, and the Typer app itself
+(`hcli.cli._app`) is built only when needed: plain `hcli status` calls skip it
+(`hcli.cli._fast`). The command modules do not use `from __future__ import annotations`: typer
+would then `eval` every option's string annotation on each call (~20 ms of `hcli status`,
+benchmarks/bench_cli.py).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
-import typer
-
-from hcli.cli import collect as _collect
-from hcli.cli import data as _data
-from hcli.cli import doctor as _doctor
-from hcli.cli import runs as _runs
-from hcli.cli import spec as _spec
+if TYPE_CHECKING:
+    import typer
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
-    name="hcli",
-    help="Damage-segmentation studies on ARTeFACT: data, specs, jobs on SLURM or locally, reports.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    rich_markup_mode="rich",
-)
-app.add_typer(_spec.app, name="spec", help="Show, validate and describe experiment specs.")
-app.add_typer(_data.app, name="data", help="Synthesize, prepare, inspect and split ARTeFACT data.")
-_runs.register(app)
-_doctor.register(app)
-_collect.register(app)
+app: typer.Typer
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: `from hcli.cli import app` still works, and builds the app on first use.
+    if name == "app":
+        from hcli.cli._app import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _debug() -> bool:
@@ -42,10 +37,15 @@ def _debug() -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from hcli.cli._fast import try_status
     from hcli.errors import HcliError
 
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=argv, prog_name="hcli")
+        if not try_status(args):
+            from hcli.cli._app import app
+
+            app(args=args, prog_name="hcli")
     except HcliError as exc:
         if _debug():
             raise
@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> None:
         if _debug():
             raise
         _fail(f"{exc.strerror}: {exc.filename}; check the path", 2)
+    except BrokenPipeError:
+        # `hcli status | head`: the reader left. Quiet exit 1, as click does on its path; the
+        # interpreter's final flush of stdout must not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         _fail("interrupted", 130)
 

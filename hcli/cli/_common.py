@@ -1,11 +1,11 @@
 """Option aliases shared by the command modules, and output helpers."""
 
-import json
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+
+from hcli.cli._output import echo_err, print_json
 
 __all__ = ["RunsDir", "Json", "Overrides", "ConfigArg", "print_json", "echo_err"]
 
@@ -33,12 +33,3 @@ ConfigArg = Annotated[
         "--config", "-c", help="YAML spec: a path or a name in configs/ (e.g. quickstart)."
     ),
 ]
-
-
-def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def echo_err(message: str) -> None:
-    """Human notes go to stderr so stdout stays clean for --json and pipes."""
-    sys.stderr.write(message + "\n")

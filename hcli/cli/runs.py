@@ -183,28 +183,6 @@ def resume(
         _run_foreground([outcome])
 
 
-def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-
-
-_STATE_STYLE = {
-    "COMPLETED": "green",
-    "RUNNING": "cyan",
-    "PENDING": "yellow",
-    "REQUEUED": "yellow",
-    "FAILED": "red",
-    "CANCELLED": "magenta",
-    "STALE": "red",
-}
-
-
 def status(
     json_out: Json = False,
     watch: Annotated[
@@ -215,98 +193,46 @@ def status(
     runs_dir: RunsDir = None,
 ) -> None:
     """Every run with its state, job, restarts, progress, latest metric, ETA and heartbeat age."""
+    # `hcli.cli._fast` answers the common forms of this command without typer; what it does
+    # not take (`--watch`, `--help`, anything unusual) comes here.
+    from hcli.cli._status_view import show
     from hcli.runs import resolve_runs_dir
-    from hcli.status import status_rows
 
     root = resolve_runs_dir(runs_dir)
-    if json_out:
-        print_json(status_rows(root, kind=kind, state=state))
-        return
-    if not watch:
-        _print_status(status_rows(root, kind=kind, state=state), root)
+    if json_out or not watch:
+        show(root, kind=kind, state=state, json_out=json_out)
         return
     from rich.live import Live
 
-    with Live(
-        _status_table(status_rows(root, kind=kind, state=state), root), refresh_per_second=1
-    ) as live:
+    from hcli.status import status_rows
+
+    def table() -> "Table":
+        return _status_table(status_rows(root, kind=kind, state=state), root)
+
+    with Live(table(), refresh_per_second=1) as live:
         try:
             while True:
                 time.sleep(5)
-                live.update(_status_table(status_rows(root, kind=kind, state=state), root))
+                live.update(table())
         except KeyboardInterrupt:
             pass
-
-
-_COLUMNS = (
-    "run id",
-    "kind",
-    "backbone",
-    "state",
-    "job",
-    "restarts",
-    "progress",
-    "val mIoU",
-    "ETA",
-    "heartbeat",
-)
-
-
-def _cells(r: dict) -> list[str]:
-    prog = "-"
-    if r["step"] is not None and r["total_steps"]:
-        prog = f"{r['step']}/{r['total_steps']} ({100 * r['progress']:.0f}%)"
-    metric = f"{r['latest_metric']:.3f}" if isinstance(r["latest_metric"], int | float) else "-"
-    age = r["heartbeat_age_s"]
-    beat = _fmt_duration(age) + (" ago" if age is not None else "")
-    return [
-        r["run_id"],
-        r["kind"] or "-",
-        r["backbone"] or "-",
-        r["state"],
-        r["job_id"] or "-",
-        str(r["restarts"]),
-        prog,
-        metric,
-        _fmt_duration(r["eta_s"]),
-        beat,
-    ]
 
 
 def _status_table(rows: list[dict], root: Path) -> "Table":
     """The rich table `--watch` refreshes in place."""
     from rich.table import Table
 
+    from hcli.cli._status_view import COLUMNS, STATE_STYLE, cells
+
     table = Table(title=f"runs in {root}", title_justify="left")
-    for col in _COLUMNS:
+    for col in COLUMNS:
         table.add_column(col, no_wrap=col in ("run id", "job"))
     for r in rows:
-        cells = _cells(r)
-        style = _STATE_STYLE.get(r["state"], "")
-        cells[3] = f"[{style}]{cells[3]}[/]" if style else cells[3]
-        table.add_row(*cells)
+        row = cells(r)
+        style = STATE_STYLE.get(r["state"], "")
+        row[3] = f"[{style}]{row[3]}[/]" if style else row[3]
+        table.add_row(*row)
     return table
-
-
-def _print_status(rows: list[dict], root: Path) -> None:
-    if not rows:
-        typer.echo(f"no runs under {root} (submit one: hcli submit multiclass --config quickstart)")
-        return
-    # Fixed-width columns by hand, not rich.Table: rich measures and wraps every cell, ~0.5 s for
-    # 500 runs on a 2-core machine (benchmarks/bench_cli.py), against a few ms here; one run per
-    # line never needs wrapping, and piped output (grep, logs) gets whole rows.
-    table = [list(_COLUMNS), *(_cells(r) for r in rows)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(_COLUMNS))]
-    lines = [f"runs in {root}"]
-    for n, cells in enumerate(table):
-        padded = [cell.ljust(width) for cell, width in zip(cells[:-1], widths, strict=False)]
-        padded.append(cells[-1])
-        if n == 0:
-            padded = [typer.style(cell, bold=True) for cell in padded]
-        elif cells[3] in _STATE_STYLE:
-            padded[3] = typer.style(padded[3], fg=_STATE_STYLE[cells[3]])
-        lines.append("  ".join(padded).rstrip())
-    typer.echo("\n".join(lines))  # typer.echo drops the colours when stdout is not a terminal
 
 
 def logs(

@@ -1,0 +1,25 @@
+"""The Typer app: every command's definition, help and errors (see hcli.cli for the edge)."""
+
+import typer
+
+from hcli.cli import collect as _collect
+from hcli.cli import data as _data
+from hcli.cli import doctor as _doctor
+from hcli.cli import runs as _runs
+from hcli.cli import spec as _spec
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="hcli",
+    help="Damage-segmentation studies on ARTeFACT: data, specs, jobs on SLURM or locally, reports.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(_spec.app, name="spec", help="Show, validate and describe experiment specs.")
+app.add_typer(_data.app, name="data", help="Synthesize, prepare, inspect and split ARTeFACT data.")
+_runs.register(app)
+_doctor.register(app)
+_collect.register(app)

@@ -1,0 +1,58 @@
+"""`hcli status` without typer: the command people run in loops and in `watch`.
+
+Importing typer and building the command tree is ~90 ms of the 200 ms `hcli status` may take
+over 500 runs on a 2-core machine (issue 5, benchmarks/bench_cli.py), so the plain forms of
+`hcli status` (any mix of --json, --kind, --state, --runs-dir) are parsed here and answered by
+the same function the Typer command calls (`hcli.cli._status_view.show`). Anything else —
+`--help`, `--watch`, an unknown or malformed option, a value that looks like an option — goes
+to Typer, which owns the command's definition, help and errors. An option added to the Typer
+command is therefore unknown here and simply takes the Typer path.
+"""
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["try_status"]
+
+_FLAGS = {"--json": "json_out"}
+_VALUED = {"--kind": "kind", "--state": "state", "--runs-dir": "runs_dir"}
+
+
+def parse_status_args(args: list[str]) -> dict[str, Any] | None:
+    """The options of `hcli status ARGS` as the Typer command would receive them, or None when
+    ARGS holds anything this parser does not handle exactly like click."""
+    opts: dict[str, Any] = {"json_out": False, "kind": None, "state": None, "runs_dir": None}
+    i = 0
+    while i < len(args):
+        name, eq, value = args[i].partition("=")
+        if name in _FLAGS and not eq:
+            opts[_FLAGS[name]] = True
+        elif name in _VALUED:
+            if not eq:
+                i += 1
+                if i == len(args):
+                    return None  # click's "requires an argument" error
+                value = args[i]
+            if value.startswith("-"):
+                return None  # click would take it as the value; its message is clearer
+            opts[_VALUED[name]] = value  # the last one wins, as in click
+        else:
+            return None
+        i += 1
+    return opts
+
+
+def try_status(args: list[str]) -> bool:
+    """Answer `hcli ARGS` here when it is a plain `hcli status`; False when Typer must."""
+    if args[:1] != ["status"]:
+        return False
+    opts = parse_status_args(args[1:])
+    if opts is None:
+        return False
+    from hcli.cli._status_view import show
+    from hcli.runs_dir import resolve_runs_dir
+
+    runs_dir = opts["runs_dir"]
+    root = resolve_runs_dir(Path(runs_dir) if runs_dir is not None else None)
+    show(root, kind=opts["kind"], state=opts["state"], json_out=opts["json_out"])
+    return True
