@@ -160,10 +160,10 @@ def to_weights_only_safe(obj: Any) -> Any:
 class _Slot:
     """One tensor's reused CPU buffer and the byte views the host copy works on.
 
-    The views are kept between snapshots because building ~700 of each costs more than a tenth
-    of the copy itself. A cached source view stays valid while the source's address and size
-    are unchanged: the view holds the source's memory, so the address cannot be reused by
-    another tensor while it is cached.
+    The views are kept between snapshots because building them (~730 of each for convnext-tiny
+    with AdamW) took 15-18 ms, a third as long as the copy itself. A cached source view stays
+    valid while the source's address and size are unchanged: the view holds the source's
+    memory, so the address cannot be reused by another tensor while it is cached.
     """
 
     __slots__ = ("buf", "dst", "src", "src_ptr")
@@ -205,8 +205,8 @@ class _Copier:
         self.device_copies = False
 
     def tensor(self, t: torch.Tensor, where: str) -> torch.Tensor:
-        # Runs ~700 times per snapshot of a tiny model: the cheap checks come first, and
-        # `detach` (a new tensor object) only where a copy needs it.
+        # Runs ~730 times per snapshot of convnext-tiny with AdamW: cheap checks come first,
+        # and `detach` (a new tensor object) only where a copy needs it.
         if t.layout is not torch.strided or t.is_quantized:
             return t.detach().to("cpu", copy=True)
         slot = self.slots.get(where)
@@ -383,8 +383,10 @@ class CheckpointManager:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.copy_threads, thread_name_prefix="ckpt-copy")
         copier = _Copier(self._slots, self._pool)
-        snap = _walk(state, "state", copier)
-        copier.finish()
+        try:
+            snap = _walk(state, "state", copier)
+        finally:
+            copier.finish()  # also when the walk fails: no copy may outlive this call
         self._slots = copier.new_slots if self.reuse_buffers else {}
         return snap
 
