@@ -16,7 +16,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
-    rich_markup_mode="rich",
+    # Plain click help and usage errors: typer's rich help imports rich.markdown and markdown_it,
+    # ~150 ms of `hcli --help` on a 2-core machine (benchmarks/bench_cli.py), and no help text
+    # here uses markup. The sub-apps (spec, data) say the same.
+    rich_markup_mode=None,
 )
 app.add_typer(_spec.app, name="spec", help="Show, validate and describe experiment specs.")
 app.add_typer(_data.app, name="data", help="Synthesize, prepare, inspect and split ARTeFACT data.")

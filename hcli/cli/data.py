@@ -2,7 +2,7 @@
 
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 
 
 # ---------------------------------------------------------------------------------------------

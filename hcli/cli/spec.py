@@ -6,7 +6,7 @@ import typer
 
 from hcli.cli._common import Overrides, print_json
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 
 KindOpt = Annotated[
     str | None,
