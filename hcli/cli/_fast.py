@@ -12,7 +12,7 @@ command is therefore unknown here and simply takes the Typer path.
 from pathlib import Path
 from typing import Any
 
-__all__ = ["try_status"]
+__all__ = ["parse_status_args", "try_status"]
 
 _FLAGS = {"--json": "json_out"}
 _VALUED = {"--kind": "kind", "--state": "state", "--runs-dir": "runs_dir"}
