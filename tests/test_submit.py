@@ -164,6 +164,16 @@ def test_import_of_cli_does_not_import_torch():
     assert out.stdout.split() == ["False", "False"]
 
 
+def test_help_is_plain_click_and_skips_rich_markdown():
+    # Typer's rich help imported markdown_it: ~150 ms of every `hcli --help` (bench_cli.py).
+    code = ("import sys; from hcli.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('markdown_it' in sys.modules, 'torch' in sys.modules, file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.stderr.split() == ["False", "False"]
+    assert out.stdout.startswith("Usage: hcli [OPTIONS] COMMAND") and "status" in out.stdout
+
+
 @pytest.mark.parametrize("flags", [["--cluster", "--local"], ["--cluster", "--foreground"]])
 def test_conflicting_modes(flags, runs_dir):
     done = run_cli(["submit", "probe", *flags, "--runs-dir", str(runs_dir)], check=False)
