@@ -86,7 +86,7 @@ def detect() -> DistInfo:
             source="torchrun",
         )
     if "SLURM_PROCID" in env and "SLURM_JOB_ID" in env:
-        from submitit.slurm.slurm import SlurmJobEnvironment
+        from hcli._submitit_compat import SlurmJobEnvironment
 
         job = SlurmJobEnvironment()
         hosts = job.hostnames

@@ -195,7 +195,7 @@ def slurm_job_id() -> str | None:
     """
     if "SLURM_JOB_ID" not in os.environ:
         return None
-    from submitit.slurm.slurm import SlurmJobEnvironment
+    from hcli._submitit_compat import SlurmJobEnvironment
 
     return SlurmJobEnvironment().job_id
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.no_slurm import path_without_slurm
+
 REPO = Path(__file__).resolve().parents[1]
 HCLI = [sys.executable, "-m", "hcli"]
 
@@ -41,6 +43,19 @@ def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     run_cli(["data", "prepare", "--source", str(base / "raw"), "--out", str(base / "prepared")])
     return base / "prepared"
+
+
+@pytest.fixture(scope="session")
+def no_slurm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """`env` for `run_cli` with no SLURM command on the PATH, as on a laptop."""
+    return {"PATH": path_without_slurm(tmp_path_factory.mktemp("no-slurm-path"))}
+
+
+@pytest.fixture
+def no_slurm_path(no_slurm_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """This process's PATH without SLURM commands, for the test's duration."""
+    monkeypatch.setenv("PATH", no_slurm_env["PATH"])
+    return no_slurm_env["PATH"]
 
 
 @pytest.fixture

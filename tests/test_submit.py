@@ -21,7 +21,8 @@ def _normalise(text: str, runs: Path) -> str:
     return text.replace(str(runs), "RUNS").replace(sys.executable, "PYTHON")
 
 
-def test_dry_run_sbatch_matches_golden(runs_dir):
+def test_dry_run_sbatch_matches_golden(runs_dir, no_slurm_env):
+    # Rendered with no SLURM command on the PATH: a dry run is for the laptop too.
     done = run_cli(
         [
             "submit",
@@ -38,7 +39,8 @@ def test_dry_run_sbatch_matches_golden(runs_dir):
             "slurm.gpus_per_node=1",
             "-o",
             "data.root=/data/artefact",
-        ]
+        ],
+        env=no_slurm_env,
     )
     out = json.loads(done.stdout)
     assert set(out) == {"run_id", "spec", "sbatch"}
@@ -51,13 +53,15 @@ def test_dry_run_sbatch_matches_golden(runs_dir):
     assert not runs_dir.exists() or not any(runs_dir.iterdir())  # a dry run writes nothing
 
 
-def test_dry_run_human_output_names_the_run(runs_dir):
-    done = run_cli(["submit", "multiclass", "--dry-run", "--runs-dir", str(runs_dir)])
+def test_dry_run_human_output_names_the_run(runs_dir, no_slurm_env):
+    done = run_cli(
+        ["submit", "multiclass", "--dry-run", "--runs-dir", str(runs_dir)], env=no_slurm_env
+    )
     assert "# run id: multiclass-convnext-" in done.stdout
     assert "#SBATCH --signal=USR2@120" in done.stdout and "#SBATCH --requeue" in done.stdout
 
 
-def test_dry_run_container_and_dependency_render(runs_dir, tmp_path):
+def test_dry_run_container_and_dependency_render(runs_dir, tmp_path, no_slurm_env):
     done = run_cli(
         [
             "submit",
@@ -70,7 +74,8 @@ def test_dry_run_container_and_dependency_render(runs_dir, tmp_path):
             f"slurm.container={tmp_path / 'hcli.sif'}",
             "-o",
             "slurm.setup=[module load cuda]",
-        ]
+        ],
+        env=no_slurm_env,
     )
     sbatch = json.loads(done.stdout)["sbatch"]
     assert (

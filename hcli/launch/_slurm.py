@@ -1,16 +1,20 @@
 """submitit's Slurm executor configured from a spec's `slurm` section.
 
-The sbatch script `--dry-run` shows is rendered by the same executor that submits, so what a user
-reads is what the cluster gets (golden-file test in tests/test_launch.py).
+The sbatch script `--dry-run` shows is rendered by submitit from the same parameters and python
+command the submitting executor gets, so what a user reads is what the cluster gets (golden-file
+test in tests/test_submit.py). Rendering needs no SLURM command (hcli._submitit_compat); only a
+real submission needs `sbatch`, and says so in one line when it is missing.
 """
 
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
+from hcli.errors import UserError
 from hcli.spec import Spec
 
 __all__ = ["make_executor", "render_sbatch", "slurm_parameters"]
@@ -43,25 +47,33 @@ def slurm_parameters(spec: Spec, *, job_name: str, dependency: str | None = None
     return params
 
 
-def _python(spec: Spec, bind: Path) -> str | None:
+def _python_command(spec: Spec, runs_root: Path) -> str:
     if spec.slurm.container is None:
-        return None
+        return shlex.quote(sys.executable)
     # The job runs the container's python, which has hcli installed; the runs root is bound so the
     # run folder (spec, code snapshot, checkpoints) is visible inside.
     return " ".join(
-        ["apptainer", "exec", "--nv", "--bind", shlex.quote(str(bind)),
+        ["apptainer", "exec", "--nv", "--bind", shlex.quote(str(runs_root)),
          shlex.quote(str(spec.slurm.container)), "python3"]
     )
 
 
 def make_executor(spec: Spec, folder: Path, *, job_name: str, runs_root: Path,
                   dependency: str | None = None, array_parallelism: int | None = None) -> Any:
+    # submitit itself needs both: sbatch to submit, srun to build the executor at all.
+    missing = [cmd for cmd in ("sbatch", "srun") if shutil.which(cmd) is None]
+    if missing:
+        raise UserError(
+            f"submitting to SLURM needs {' and '.join(missing)} on the PATH, not found here: "
+            "submit from a SLURM login node (or load SLURM), use --local, or see the script "
+            "with --dry-run"
+        )
     import submitit
 
     executor = submitit.SlurmExecutor(
         folder=folder,
         max_num_timeout=spec.slurm.max_requeues,
-        python=_python(spec, runs_root) or shlex.quote(sys.executable),
+        python=_python_command(spec, runs_root),
     )
     params = slurm_parameters(spec, job_name=job_name, dependency=dependency)
     if array_parallelism:
@@ -72,6 +84,12 @@ def make_executor(spec: Spec, folder: Path, *, job_name: str, runs_root: Path,
 
 def render_sbatch(spec: Spec, folder: Path, *, job_name: str, runs_root: Path,
                   dependency: str | None = None) -> str:
-    executor = make_executor(spec, folder, job_name=job_name, runs_root=runs_root,
-                             dependency=dependency)
-    return str(executor._make_submission_file_text(executor._submitit_command_str, "dry-run"))
+    """The sbatch script `make_executor` would submit for one run; works without SLURM."""
+    from hcli._submitit_compat import render_sbatch_text
+
+    return render_sbatch_text(
+        folder,
+        python=_python_command(spec, runs_root),
+        max_num_timeout=spec.slurm.max_requeues,
+        parameters=slurm_parameters(spec, job_name=job_name, dependency=dependency),
+    )
