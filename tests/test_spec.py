@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hcli.cli import main
-from hcli.spec import load_spec
+from hcli.spec import Spec, fill_defaults, load_spec, spec_from_yaml_file
 from tests.conftest import run_cli
 
 
@@ -140,3 +141,29 @@ def test_schema_and_show():
     assert '"additionalProperties": false' in main_ok.stdout
     shown = run_cli(["spec", "show", "--kind", "mae", "-o", "mae.mask_ratio=0.75"])
     assert "mask_ratio: 0.75" in shown.stdout and shown.stdout.startswith("# run id: mae-")
+
+
+def test_an_older_spec_yaml_lacking_newer_fields_loads_with_their_defaults(tmp_path):
+    written = load_spec("quickstart")
+    old = written.model_dump(mode="json")
+    del old["model"]["decoder_norm"], old["data"]["eval_window"], old["meta"]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(old))
+    assert spec_from_yaml_file(path) == written
+
+
+def test_fill_defaults_completes_a_raw_tree_without_validating_it():
+    old = {
+        "kind": "multiclass",
+        "model": {"encoder_kwargs": {"depths": [1, 1]}, "gone_key": 3},
+        "train": {"steps": 7},
+        "data": "not a section",
+    }
+    full = fill_defaults(old)
+    default = Spec().model_dump(mode="json")
+    assert full["train"] == {**default["train"], "steps": 7}
+    assert full["model"]["decoder_norm"] == "bn" and full["model"]["gone_key"] == 3
+    assert full["model"]["encoder_kwargs"] == {"depths": [1, 1]}  # a value, not merged
+    assert full["data"] == "not a section" and full["slurm"] == default["slurm"]
+    assert full["model"]["coarse_groups"] == default["model"]["coarse_groups"]
+    assert old["train"] == {"steps": 7}  # the input is left alone

@@ -2,6 +2,7 @@
 
 from hcli.spec._load import (
     CONFIGS_DIR,
+    fill_defaults,
     find_config,
     format_validation_error,
     load_spec,
@@ -15,6 +16,7 @@ from hcli.spec._schema import (
     BACKBONES,
     IMPLEMENTED_KINDS,
     KINDS,
+    SPEC_SCHEMA_VERSION,
     AdaptSpec,
     DataSpec,
     LossSpec,
@@ -33,6 +35,7 @@ __all__ = [
     "CONFIGS_DIR",
     "IMPLEMENTED_KINDS",
     "KINDS",
+    "SPEC_SCHEMA_VERSION",
     "AdaptSpec",
     "DataSpec",
     "LossSpec",
@@ -43,6 +46,7 @@ __all__ = [
     "Spec",
     "TrainSpec",
     "backbone_short_name",
+    "fill_defaults",
     "find_config",
     "format_validation_error",
     "load_spec",

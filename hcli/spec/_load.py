@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from hcli.errors import SpecError
 from hcli.spec._schema import Spec
 
 __all__ = [
     "CONFIGS_DIR",
+    "fill_defaults",
     "load_spec",
     "parse_override",
     "read_config",
@@ -201,3 +202,26 @@ def spec_from_yaml_file(path: Path) -> Spec:
         raise SpecError(
             f"{path} is not a valid spec ({exc.__class__.__name__}); re-submit the run"
         ) from None
+
+
+def fill_defaults(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A raw spec tree (an older run's spec.yaml) with each field it lacks set to its default.
+
+    Not validated, so a reader of many run folders (collect) can compare old and new runs by the
+    same keys without refusing one whose spec no longer validates; keys the schema does not know
+    are kept. Dicts that are values (`model.encoder_kwargs`) are not merged into their default.
+    """
+    return _fill(tree, Spec, Spec().model_dump(mode="json"))
+
+
+def _fill(
+    tree: Mapping[str, Any], model: type[BaseModel], default: dict[str, Any]
+) -> dict[str, Any]:
+    out = copy.deepcopy(dict(tree))
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if name not in out:
+            out[name] = copy.deepcopy(default[name])
+        elif isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(out[name], dict):
+            out[name] = _fill(out[name], ann, default[name])
+    return out

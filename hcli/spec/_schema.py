@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from hcli.classes import CLASS_NAMES, DEFAULT_COARSE_GROUPS
 
 __all__ = [
+    "SPEC_SCHEMA_VERSION",
     "Kind",
     "KINDS",
     "IMPLEMENTED_KINDS",
@@ -32,6 +33,10 @@ __all__ = [
     "backbone_short_name",
     "resolve_timm_name",
 ]
+
+# Part of every run id (hcli.identity). Bump it when a default changes what a spec computes,
+# and say so in CHANGELOG.md; adding a field with a default needs no bump.
+SPEC_SCHEMA_VERSION = 1
 
 Kind = Literal["probe", "multiclass", "mae", "meta", "adapt"]
 KINDS: tuple[str, ...] = ("probe", "multiclass", "mae", "meta", "adapt")
@@ -225,6 +230,11 @@ class SlurmSpec(_Section):
     additional_parameters: dict[str, Any] = Field(default_factory=dict)
     setup: list[str] = Field(default_factory=list, description="shell lines run before the job")
     container: Path | None = Field(None, description="Apptainer image (.sif) to run the job in")
+    skip_checks: bool = _execution_only(
+        default=False,
+        description="skip the checks before queueing (data seen only from the nodes); "
+        "the job runs them at its start",
+    )
 
     @property
     def ntasks_per_node(self) -> int:
