@@ -6,7 +6,7 @@ HCLI   := $(VENV)/bin/hcli
 RUNS   ?= runs
 export HCLI_RUNS_DIR := $(abspath $(RUNS))
 
-.PHONY: install demo test lint bench clean-demo
+.PHONY: install demo test test-fast lint bench clean-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# doctor and the probe check the data the demo trains on (quickstart's data.root).
 demo: install
-	$(HCLI) doctor --data data/synth-prepared
 	$(HCLI) data synth --out data/synth --n 120 --seed 0 --size 256
 	$(HCLI) data prepare --source data/synth --out data/synth-prepared
+	$(HCLI) doctor --config quickstart
 	$(HCLI) data stats data/synth-prepared --plot reports/synth-stats.png
-	$(HCLI) submit probe --foreground
+	$(HCLI) submit probe --foreground -o data.root=data/synth-prepared
 	$(HCLI) submit multiclass --config quickstart --foreground
 	$(HCLI) status
 	$(HCLI) collect --out reports/demo
@@ -34,8 +35,12 @@ lint: install
 	$(VENV)/bin/ruff check hcli jobs tests benchmarks
 	$(VENV)/bin/mypy
 
-test: install lint
+test: install lint  # everything: lint, mypy, and the `slow` and `slurm` tests (~12 min)
 	$(VENV)/bin/pytest -q
+
+# The edit-test loop (< 3 min): no `slow` tests, no `slurm` tests, no lint. Needs no SLURM.
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not slow and not slurm"
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -79,9 +79,17 @@ def run(ctx: Any) -> Any:
     from hcli.fsutil import atomic_write_json
     from jobs.runtime import Outcome
 
+    # The data root of this run's spec: the folder a training run with the same data.root
+    # would read, seen from the node the probe landed on.
     report = environment_report(Path(ctx.spec.data.root), ctx.run.path.parent)
     for key, value in report.items():
         print(f"{key:>18}: {value}", flush=True)
+    if not report["data"]["prepared"]:
+        print(
+            f"note: no prepared data at {ctx.spec.data.root} (the spec's data.root) on this node; "
+            "prepare it (hcli data prepare) or submit the probe with -o data.root=FOLDER",
+            flush=True,
+        )
     atomic_write_json(
         ctx.run.path / "results.json", {"run_id": ctx.run.run_id, "kind": "probe", "probe": report}
     )
