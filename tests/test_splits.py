@@ -8,7 +8,9 @@ import pytest
 
 from hcli.classes import CONTENTS, MATERIALS
 from hcli.data.splits import (
+    BLOCKING_FLAGS,
     PROTOCOLS,
+    fold_flags,
     get_fold,
     held_out_ids,
     load_material_groups,
@@ -118,6 +120,45 @@ def test_small_folds_flagged(manifest):
     assert folds["Paper"].flags == []
     loose = {f.held_out: f for f in make_splits(manifest, "lomo", min_fold_size=2)}
     assert loose["Ceramic"].flags == []
+
+
+@pytest.mark.parametrize(
+    ("sizes", "val_fraction", "expected"),
+    [
+        ((50, 8, 12), 0.15, []),
+        ((50, 0, 12), 0.0, []),  # no validation asked for: nothing missing
+        ((50, 0, 12), 0.15, ["no-val"]),
+        ((0, 0, 12), 0.15, ["empty-train", "no-val"]),
+        ((50, 8, 0), 0.15, ["empty-test"]),
+        ((50, 8, 3), 0.15, ["small-test(<10)"]),
+        ((4, 1, 30), 0.15, ["small-train(<10)"]),
+    ],
+)
+def test_fold_flags_decide_feasibility(sizes, val_fraction, expected):
+    train, val, test = sizes
+    flags = fold_flags(train, val, test, min_fold_size=10, val_fraction=val_fraction)
+    assert flags == expected
+    blocking = any(f in BLOCKING_FLAGS for f in flags)
+    assert blocking == (0 in (train, test) or (val_fraction > 0 and val == 0))
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_every_fold_is_judged_by_fold_flags(manifest, protocol):
+    for f in make_splits(manifest, protocol, seed=1, min_fold_size=6):
+        sizes = f.sizes
+        assert f.flags == fold_flags(
+            sizes["train"], sizes["val"], sizes["test"], min_fold_size=6, val_fraction=0.15
+        )
+        assert f.feasible == (not f.blocking) and f.to_dict()["feasible"] == f.feasible
+
+
+def test_a_fold_with_nothing_to_train_on_is_infeasible():
+    one_material = manifest_only(["Paper"] * 6)
+    (fold,) = make_splits(one_material, "lomo")
+    assert fold.blocking == ["empty-train", "no-val"] and not fold.feasible
+    grouped = {f.held_out: f for f in make_splits(one_material, "lomo-grouped")}
+    assert sum(f.feasible for f in grouped.values()) == 0
+    assert all("empty-test" in f.flags for f in grouped.values() if f.test == [])
 
 
 def test_shipped_groups_cover_every_material_once():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
-from hcli.classes import CLASS_NAMES
+from hcli.classes import CLASS_NAMES, MATERIALS
 from hcli.cli import main
 from hcli.data.splits import make_splits
 from hcli.data.stats import (
@@ -15,6 +16,7 @@ from hcli.data.stats import (
     domain_counts,
     fold_report,
     plot_stats,
+    protocol_feasibility,
     rare_classes,
     summarize,
     weights_from_counts,
@@ -149,3 +151,51 @@ def test_cli_stats_and_splits(tmp_path, capsys):
     assert "materials in no group" in capsys.readouterr().err
     assert hcli(["data", "stats", str(tmp_path / "missing")]) == 2
     assert hcli(["data", "splits", str(data), "--protocol", "nope"]) == 2
+
+
+def test_stats_and_splits_judge_folds_the_same_way(tmp_path, capsys):
+    # Glass has 1 image: as a lomo-grouped test group it is small; Paper alone leaves a group empty.
+    data = tmp_path / "data"
+    build_dataset(
+        data, ["Paper"] * 6 + ["Wood"] * 4 + ["Glass"], labels=[(0,), (0, 3)], sizes=[(32, 40)]
+    )
+    groups = tmp_path / "groups.yaml"
+    others = [m for m in MATERIALS if m not in ("Paper", "Wood", "Glass")]
+    groups.write_text(
+        yaml.safe_dump(
+            {
+                "groups": {
+                    "paper": ["Paper"],
+                    "wood+glass": ["Wood", "Glass"],
+                    "rest": others,
+                }
+            }
+        )
+    )
+    options = ["--groups", str(groups), "--val-fraction", "0.2", "--min-fold-size", "3"]
+    assert hcli(["data", "stats", str(data), "--json", "--protocol", "lomo-grouped", *options]) == 0
+    from_stats = json.loads(capsys.readouterr().out)["protocols"]["lomo-grouped"]
+    args = ["data", "splits", str(data), "--protocol", "lomo-grouped", *options, "--json"]
+    assert hcli(args) == 0
+    from_splits = json.loads(capsys.readouterr().out)
+    judged = [(f["held_out"], f["flags"], f["feasible"]) for f in from_stats]
+    assert judged == [(f["held_out"], f["flags"], f["feasible"]) for f in from_splits]
+    assert [h for h, _, ok in judged if not ok] == ["rest"]  # nothing to test on
+    assert hcli(["data", "splits", str(data), "--protocol", "lomo-grouped", *options]) == 0
+    table = capsys.readouterr().out
+    assert "empty-test" in table and "rest" in table
+    # --groups on stats only makes sense when lomo-grouped is among the protocols shown.
+    assert hcli(["data", "stats", str(data), "--protocol", "lomo", "--groups", str(groups)]) == 2
+
+
+def test_protocol_feasibility_is_the_folds_jobs_use():
+    m = manifest_only(["Paper"] * 5 + ["Glass"] * 2)
+    reports = protocol_feasibility(m, "lomo", val_fraction=0.0, min_fold_size=3)
+    folds = make_splits(m, "lomo", val_fraction=0.0, min_fold_size=3)
+    assert [(r.held_out, r.train, r.val, r.test, r.flags) for r in reports] == [
+        (f.held_out, len(f.train), len(f.val), len(f.test), f.flags) for f in folds
+    ]
+    assert [(r.held_out, r.flags, r.feasible) for r in reports] == [
+        ("Glass", ["small-test(<3)"], True),  # small sets are warnings, not blockers
+        ("Paper", ["small-train(<3)"], True),
+    ]

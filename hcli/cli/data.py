@@ -1,4 +1,6 @@
-"""`hcli data ...`: synth, prepare, stats, splits (owned by the data work)."""
+"""`hcli data ...`: synth, prepare, stats, splits; each command imports its module inside."""
+
+from typing import Any
 
 import typer
 
@@ -6,7 +8,7 @@ app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 
 
 # ---------------------------------------------------------------------------------------------
-# synth and prepare (issue 3 parts 1-2): hcli.data.synth / hcli.data.prepare, imported inside.
+# synth and prepare: hcli.data.synth / hcli.data.prepare, imported inside.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -72,8 +74,8 @@ def prepare_cmd(
 
 
 # ---------------------------------------------------------------------------------------------
-# stats and splits (issue 3 parts 3-4). Module-level names stay untouched: these commands import
-# what they need inside, so this block does not depend on the synth/prepare block above.
+# stats and splits: hcli.data.stats / hcli.data.splits, imported inside; both show folds
+# through hcli.data.stats.protocol_feasibility.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -89,16 +91,20 @@ def stats_cmd(
     ),
     k: int = typer.Option(5, "--k", help="Folds for kfold."),
     seed: int = typer.Option(0, "--seed", help="Split seed."),
+    groups: str | None = typer.Option(
+        None, "--groups", help="Material-groups YAML for lomo-grouped (default: the shipped one)."
+    ),
+    val_fraction: float = typer.Option(0.15, "--val-fraction", help="Share of train for val."),
     rare: float = typer.Option(0.01, "--rare", help="Pixel share below which a class is rare."),
     clip: float = typer.Option(10.0, "--clip", help="Class weights are clipped to [1/c, c]."),
-    min_fold_size: int = typer.Option(10, "--min-fold-size", help="Flag smaller test folds."),
+    min_fold_size: int = typer.Option(10, "--min-fold-size", help="Flag smaller folds."),
 ) -> None:
     """Samples per domain, class frequencies and weights, rare classes, fold feasibility."""
     from pathlib import Path
 
     from hcli.cli._common import echo_err, print_json
     from hcli.data.manifest import load_manifest
-    from hcli.data.splits import PROTOCOLS
+    from hcli.data.splits import PROTOCOLS, load_material_groups
     from hcli.data.stats import plot_stats, summarize
     from hcli.errors import UserError
 
@@ -108,6 +114,8 @@ def stats_cmd(
             raise UserError(
                 f"--protocol {p!r} is not a protocol; use one of {', '.join(PROTOCOLS)}"
             )
+    if groups is not None and "lomo-grouped" not in protocols:
+        raise UserError("--groups applies to --protocol lomo-grouped, which is not shown; drop it")
     manifest = load_manifest(Path(data))
     summary = summarize(
         manifest,
@@ -116,6 +124,8 @@ def stats_cmd(
         clip=clip,
         k=k,
         seed=seed,
+        val_fraction=val_fraction,
+        groups=load_material_groups(groups) if groups is not None else None,
         min_fold_size=min_fold_size,
     )
     if plot:
@@ -188,7 +198,7 @@ def _fold_table(protocol: str, folds: list[dict]) -> object:
             ids(f["missing_in_train"]),
             ids(f["missing_in_test"]),
             ", ".join(f["flags"]) or "ok",
-            style="yellow" if f["flags"] else None,
+            style=("red" if not f["feasible"] else "yellow") if f["flags"] else None,
         )
     return t
 
@@ -212,26 +222,25 @@ def splits_cmd(
     from hcli.cli._common import print_json
     from hcli.data.manifest import load_manifest
     from hcli.data.splits import load_material_groups, make_splits
-    from hcli.data.stats import fold_report
+    from hcli.data.stats import protocol_feasibility
     from hcli.errors import UserError
 
     if groups is not None and protocol != "lomo-grouped":
         raise UserError(f"--groups applies to --protocol lomo-grouped, not {protocol}; drop it")
     manifest = load_manifest(Path(data))
-    folds = make_splits(
-        manifest,
-        protocol,
-        k=k,
-        seed=seed,
-        val_fraction=val_fraction,
-        groups=load_material_groups(groups) if protocol == "lomo-grouped" else None,
-        min_fold_size=min_fold_size,
-    )
+    options: dict[str, Any] = {
+        "k": k,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "groups": load_material_groups(groups) if protocol == "lomo-grouped" else None,
+        "min_fold_size": min_fold_size,
+    }
     if as_json:
-        print_json([f.to_dict() for f in folds])
+        print_json([f.to_dict() for f in make_splits(manifest, protocol, **options)])
         return
     from dataclasses import asdict
 
     from rich.console import Console
 
-    Console().print(_fold_table(protocol, [asdict(fold_report(manifest, f)) for f in folds]))
+    reports = protocol_feasibility(manifest, protocol, **options)
+    Console().print(_fold_table(protocol, [asdict(r) for r in reports]))

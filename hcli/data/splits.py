@@ -34,7 +34,9 @@ __all__ = [
     "PROTOCOLS",
     "Protocol",
     "Fold",
+    "BLOCKING_FLAGS",
     "DEFAULT_GROUPS_FILE",
+    "fold_flags",
     "load_material_groups",
     "validate_material_groups",
     "make_splits",
@@ -68,8 +70,17 @@ class Fold:
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
+    @property
+    def blocking(self) -> list[str]:
+        """The flags that make this fold unusable (see `fold_flags`); empty when feasible."""
+        return [f for f in self.flags if f in BLOCKING_FLAGS]
+
+    @property
+    def feasible(self) -> bool:
+        return not self.blocking
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "feasible": self.feasible}
 
 
 def _rng(seed: int, *parts: object) -> random.Random:
@@ -164,16 +175,30 @@ def _carve_val(
     return sorted(s for s in train if s not in val_set), val
 
 
-def _flags(train: int, val: int, test: int, min_fold_size: int, val_fraction: float) -> list[str]:
+# Flags that make a fold unusable: a job on it has nothing to train on, test on, or (when
+# data.val_fraction asks for validation) validate on. The other flags are warnings.
+BLOCKING_FLAGS: tuple[str, ...] = ("empty-train", "empty-test", "no-val")
+
+
+def fold_flags(
+    train: int, val: int, test: int, *, min_fold_size: int, val_fraction: float
+) -> list[str]:
+    """Whether a fold of these sizes is feasible: its blocking flags, then its warnings.
+
+    The one judgement of feasibility: `hcli data splits`, `hcli data stats` and the checks before
+    a submission all read it from `Fold.flags` / `Fold.blocking`.
+    """
     flags = []
+    if train == 0:
+        flags.append("empty-train")
     if test == 0:
         flags.append("empty-test")
-    elif test < min_fold_size:
-        flags.append(f"small-test(<{min_fold_size})")
-    if train < min_fold_size:
-        flags.append(f"small-train(<{min_fold_size})")
     if val_fraction > 0 and val == 0:
         flags.append("no-val")
+    if 0 < test < min_fold_size:
+        flags.append(f"small-test(<{min_fold_size})")
+    if 0 < train < min_fold_size:
+        flags.append(f"small-train(<{min_fold_size})")
     return flags
 
 
@@ -228,7 +253,9 @@ def make_splits(
         test_set = set(test)
         rest = [s for s in all_ids if s not in test_set]
         train, val = _carve_val(rest, material, val_fraction, seed, name)
-        flags = _flags(len(train), len(val), len(test), min_fold_size, val_fraction)
+        flags = fold_flags(
+            len(train), len(val), len(test), min_fold_size=min_fold_size, val_fraction=val_fraction
+        )
         folds.append(Fold(protocol, i, name, label, domain_, values, train, val, test, flags))
     return folds
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -73,6 +73,7 @@ class FoldReport:
     missing_in_train: list[str]
     missing_in_test: list[str]
     flags: list[str]
+    feasible: bool  # no blocking flag (hcli.data.splits.fold_flags)
 
 
 def _select(manifest: Manifest, ids: Iterable[str] | None) -> list[SampleEntry]:
@@ -193,6 +194,7 @@ def fold_report(manifest: Manifest, fold: Fold) -> FoldReport:
             CLASS_NAMES[c] for c in range(NUM_CLASSES) if seen_all[c] and not seen_test[c]
         ],
         flags=list(fold.flags),
+        feasible=fold.feasible,
     )
 
 
@@ -203,9 +205,11 @@ def protocol_feasibility(
     k: int = 5,
     seed: int = 0,
     val_fraction: float = 0.15,
-    groups: dict[str, list[str]] | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
     min_fold_size: int = 10,
 ) -> list[FoldReport]:
+    """Every fold of `protocol` with its sizes, flags and the classes it cannot learn or test:
+    what `hcli data splits` and `hcli data stats` both show, from the folds jobs use."""
     folds = make_splits(
         manifest,
         protocol,
@@ -226,6 +230,8 @@ def summarize(
     clip: float = 10.0,
     k: int = 5,
     seed: int = 0,
+    val_fraction: float = 0.15,
+    groups: Mapping[str, Sequence[str]] | None = None,
     min_fold_size: int = 10,
 ) -> dict[str, Any]:
     """Everything `hcli data stats` shows, as plain JSON-able data."""
@@ -251,7 +257,13 @@ def summarize(
             p: [
                 asdict(r)
                 for r in protocol_feasibility(
-                    manifest, p, k=k, seed=seed, min_fold_size=min_fold_size
+                    manifest,
+                    p,
+                    k=k,
+                    seed=seed,
+                    val_fraction=val_fraction,
+                    groups=groups,
+                    min_fold_size=min_fold_size,
                 )
             ]
             for p in protocols
