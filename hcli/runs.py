@@ -110,16 +110,11 @@ class Run:
         return state
 
     def add_job(self, job_id: str, executor: str, **extra: Any) -> dict[str, Any]:
+        from hcli.contract import JobRecord, dump
+
         state = self.state()
-        state.setdefault("jobs", []).append(
-            {
-                "job_id": job_id,
-                "executor": executor,
-                "submitted_at": now_iso(),
-                "attempt": state.get("attempt", 1),
-                **extra,
-            }
-        )
+        record = JobRecord.new(job_id, executor, state.get("attempt", 1), **extra)
+        state.setdefault("jobs", []).append(dump(record))
         state["executor"] = executor
         state["updated_at"] = now_iso()
         atomic_write_json(self.state_path, state)

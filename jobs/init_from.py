@@ -1,8 +1,9 @@
 """Initialising a run's encoder from an earlier run (pretraining → training chains).
 
-Scientific guard: the earlier run must not have trained on this run's test images (a held-out
-domain seen by an earlier stage leaks into the result) unless the spec says so with
-`model.init_allow_test_overlap: true`.
+Scientific guard: no run of the initialisation chain may have trained or validated on this run's
+test images (a held-out domain seen by an earlier stage leaks into the result) unless the spec
+says so with `model.init_allow_test_overlap: true`. The guard reads each source's provenance.json
+(jobs/provenance.py); only for an older source without one does it re-derive the source's fold.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from pathlib import Path
 import torch
 
 from hcli.data.manifest import Manifest
-from hcli.data.splits import get_fold
 from hcli.errors import SpecError
 from hcli.runs import Run, find_run
 from hcli.spec import Spec
+from jobs.provenance import check_init_leakage
 
 __all__ = ["load_init_weights"]
 
@@ -39,17 +40,8 @@ def load_init_weights(model: torch.nn.Module, spec: Spec, manifest: Manifest, te
     """Copy the encoder weights of `spec.model.init_from` into `model`; returns what was loaded."""
     ref = spec.model.init_from
     assert ref is not None
-    path, run = _source(ref, runs_root)
-    if run is not None and not spec.model.init_allow_test_overlap:
-        source_spec = run.spec()
-        seen = set(get_fold(manifest, source_spec.data, source_spec.seed).train)
-        leaked = seen & set(test_ids)
-        if leaked:
-            raise SpecError(
-                f"model.init_from={ref} trained on {len(leaked)} of this run's test images "
-                f"(e.g. {sorted(leaked)[0]}); hold the same domain out in both runs, or set "
-                "model.init_allow_test_overlap=true to accept the leak"
-            )
+    path, _ = _source(ref, runs_root)
+    check_init_leakage(spec, test_ids, runs_root, manifest)
     state = torch.load(path, map_location="cpu", weights_only=True)
     weights = state.get("model", state)
     encoder = {k: v for k, v in weights.items() if k.startswith("encoder.")}

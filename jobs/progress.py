@@ -2,6 +2,8 @@
 
 progress.json is rewritten by a heartbeat thread every `interval` seconds with the latest figures,
 so the heartbeat stays fresh even when one step (or a validation) takes longer than that.
+Both files are written through the run-folder contract's models (hcli.contract), so a figure
+logged under a name the readers do not know fails here, in the job's first log line.
 """
 
 from __future__ import annotations
@@ -13,13 +15,40 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hcli.contract import (
+    EventLine,
+    MetricsLine,
+    Progress,
+    TrainLine,
+    ValLine,
+    check_metrics_line,
+    dump,
+)
 from hcli.fsutil import atomic_write_json
 
-__all__ = ["ProgressWriter"]
+__all__ = ["ProgressWriter", "append_event", "append_line"]
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def append_line(run_dir: Path, line: MetricsLine) -> dict[str, Any]:
+    """Append one metrics.jsonl line (checked against the contract); returns what was written."""
+    record = check_metrics_line(line)
+    with open(Path(run_dir) / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    return record
+
+
+def append_event(
+    run_dir: Path, step: int, event: str, *, time: str | None = None, **fields: Any
+) -> dict[str, Any]:
+    """An event line (`started`, `requeued`, `resumed`, `stopped`, `early_stop`, `checkpoint`);
+    `time` defaults to now (a requeue is written on resume, with the time it was asked for)."""
+    line = EventLine.model_validate({"step": step, "time": time or _now(), "event": event,
+                                     **fields})
+    return append_line(run_dir, line)
 
 
 class ProgressWriter:
@@ -64,8 +93,8 @@ class ProgressWriter:
 
     def _write(self) -> None:
         with self._lock:
-            snapshot = dict(self.state, heartbeat=_now())
-        atomic_write_json(self.run_dir / "progress.json", snapshot)
+            snapshot = Progress.model_validate(dict(self.state, heartbeat=_now()))
+        atomic_write_json(self.run_dir / "progress.json", dump(snapshot))
 
     def update(
         self, step: int, *, epoch: int | None = None, phase: str = "train", **latest: Any
@@ -91,9 +120,14 @@ class ProgressWriter:
         """One line of metrics.jsonl (and TensorBoard scalars)."""
         if not self.enabled:
             return
-        record = {"step": step, "time": _now(), "split": split, **metrics}
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        fields = {"step": step, "time": _now(), "split": split, **metrics}
+        if split == "train":
+            line: MetricsLine = TrainLine.model_validate(fields)
+        elif split == "val":
+            line = ValLine.model_validate(fields)
+        else:
+            raise ValueError(f"metrics split {split!r}: the contract knows 'train' and 'val'")
+        append_line(self.run_dir, line)
         if self._tb is not None:
             for key, value in metrics.items():
                 if isinstance(value, int | float) and value is not None:
@@ -102,8 +136,7 @@ class ProgressWriter:
     def event(self, step: int, event: str, **fields: Any) -> None:
         if not self.enabled:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps({"step": step, "time": _now(), "event": event, **fields}) + "\n")
+        append_event(self.run_dir, step, event, **fields)
 
     def close(self, phase: str = "done") -> None:
         if not self.enabled:

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hcli.contract import Hardware, JobRecord, Requeue, State, dump
 from hcli.runs import Run, now_iso, run_lock
 from hcli.spec import Spec
+from jobs.progress import append_event
 
 __all__ = ["JobContext", "Outcome", "run_job", "current_job_id", "WORKLOADS"]
 
@@ -68,34 +70,67 @@ def _on_slurm() -> bool:
     return "SLURM_JOB_ID" in os.environ and os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
 
 
-def _update(run: Run, **changes: Any) -> dict[str, Any]:
+def _update(run: Run, *, ended: bool = False, **changes: Any) -> dict[str, Any]:
+    """Change state.json under the run's lock; `ended` records the end of this execution."""
     with run_lock(run.path.parent, run.run_id):
+        if ended:
+            changes["jobs"] = _with_end(run.state())
         return run.update_state(**changes)
 
 
-def _mark_running(ctx: JobContext) -> None:
+def _with_end(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """state.json's jobs with the newest execution's end set to now (the compute accounts)."""
+    parsed = State.model_validate(state)
+    if parsed.jobs and parsed.jobs[-1].starts:
+        job = parsed.jobs[-1]
+        job.ends += [None] * (len(job.starts) - len(job.ends))
+        job.ends[-1] = now_iso()
+    return [dump(j) for j in parsed.jobs]
+
+
+def hardware(world_size: int) -> Hardware:
+    """What this execution runs on, as rank 0 sees it (SLURM's variables, else this host)."""
+    env = os.environ
+    nodes = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1)
+    gpus, gpu_name = 0, None
+    torch = sys.modules.get("torch")  # already imported by jobs.distributed; never import it here
+    if torch is not None and torch.cuda.is_available():
+        gpus = min(world_size, torch.cuda.device_count() * nodes) if world_size > 1 else 1
+        gpu_name = torch.cuda.get_device_name(0)
+    return Hardware(
+        host=socket.gethostname(), nodes=nodes, nodelist=env.get("SLURM_JOB_NODELIST"),
+        world_size=world_size, gpus=gpus, gpu_name=gpu_name,
+    )
+
+
+def _mark_running(ctx: JobContext, hw: Hardware | None = None) -> None:
     with run_lock(ctx.run.path.parent, ctx.run.run_id):
-        state = ctx.run.state()
-        restarted = state["state"] == "REQUEUED" or any(ctx.run.checkpoints.glob("*.done"))
-        jobs = state.get("jobs") or []
-        if not jobs or jobs[-1]["job_id"] != ctx.job_id:
+        state = State.model_validate(ctx.run.state())
+        restarted = state.state == "REQUEUED" or any(ctx.run.checkpoints.glob("*.done"))
+        if not state.jobs or state.jobs[-1].job_id != ctx.job_id:
             # A requeued SLURM job keeps its id; a new job id means a new submission we did not
             # record (e.g. the job was started by hand).
-            jobs.append(
-                {
-                    "job_id": ctx.job_id,
-                    "executor": "slurm" if _on_slurm() else "local",
-                    "submitted_at": now_iso(),
-                    "attempt": state.get("attempt", 1),
-                }
-            )
-        jobs[-1].setdefault("starts", []).append(now_iso())
+            executor = "slurm" if _on_slurm() else "local"
+            state.jobs.append(JobRecord.new(ctx.job_id, executor, state.attempt))
+        job = state.jobs[-1]
+        # An earlier execution that died without recording its end keeps a null end.
+        job.ends += [None] * (len(job.starts) - len(job.ends))
+        job.hardware += [Hardware()] * (len(job.starts) - len(job.hardware))
+        job.starts.append(now_iso())
+        job.hardware.append(hw or Hardware(host=socket.gethostname()))
+        if state.state == "REQUEUED" and state.requeues:
+            # Written once the requeue has really happened (submitit may still decline it), at
+            # the time it was asked for: the learning curve marks it (hcli/report/figures.py)
+            # and collect's timestamp accounting cuts the run there.
+            last = state.requeues[-1]
+            append_event(ctx.run.path, last.step or 0, "requeued", time=last.at,
+                         reason=last.reason, job_id=last.job_id)
         ctx.run.update_state(
             state="RUNNING",
-            jobs=jobs,
+            jobs=[dump(j) for j in state.jobs],
             host=socket.gethostname(),
             pid=os.getpid(),
-            restarts=state.get("restarts", 0) + (1 if restarted else 0),
+            restarts=state.restarts + (1 if restarted else 0),
             message=None,
         )
 
@@ -118,18 +153,18 @@ def run_job(run_dir: Path) -> dict[str, Any]:
     dist = init_distributed()
     ctx = JobContext(run=run, spec=spec, job_id=current_job_id(), stop=stop, rank=dist.rank)
     if ctx.is_main:
-        _mark_running(ctx)
+        _mark_running(ctx, hardware(dist.world_size))
     try:
         outcome = _load_workload(spec.kind)(ctx)
     except BaseException as exc:
         if ctx.is_main:
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-            _update(run, state="FAILED", message=reason)
+            _update(run, ended=True, state="FAILED", message=reason)
         raise
     if not ctx.is_main:
         return {"status": outcome.status}
     if outcome.status == "completed":
-        _update(run, state="COMPLETED", message=None)
+        _update(run, ended=True, state="COMPLETED", message=None)
         return {"status": "completed", "step": outcome.step}
     return _after_stop(ctx, outcome, submitit_usr2)
 
@@ -172,13 +207,12 @@ def _after_stop(ctx: JobContext, outcome: Outcome, submitit_usr2: Any) -> dict[s
             f"stopped by {by} at step {outcome.step}; "
             f"`hcli resume {run.run_id}` continues from the checkpoint"
         )
-        _update(run, state="CANCELLED", message=msg)
+        _update(run, ended=True, state="CANCELLED", message=msg)
         return {"status": "stopped", "step": outcome.step}
-    state = run.state()
-    requeues = state.get("requeues", []) + [
-        {"at": now_iso(), "step": outcome.step, "reason": outcome.reason, "job_id": ctx.job_id}
-    ]
-    _update(run, state="REQUEUED", requeues=requeues, message=f"requeued after {outcome.reason}")
+    requeue = Requeue(at=now_iso(), step=outcome.step, reason=outcome.reason, job_id=ctx.job_id)
+    requeues = [*run.state().get("requeues", []), dump(requeue)]
+    _update(run, ended=True, state="REQUEUED", requeues=requeues,
+            message=f"requeued after {outcome.reason}")
     sys.stdout.flush()
     # submitit's handler calls JobTarget.checkpoint(), requeues this job (only this array task)
     # unless max_num_timeout is used up, and exits the process.

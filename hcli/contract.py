@@ -1,0 +1,419 @@
+"""The run-folder contract as pydantic models: what the job writes and `status`/`collect` read.
+
+One model per file (state.json, progress.json, results.json per kind, provenance.json) and per
+kind of metrics.jsonl line. Every field added after the first release has a default, so files
+written by older versions still read. Unknown keys are kept when read (a newer writer's file
+survives an older reader's read-modify-write) but refused when written (`dump`), so a writer
+cannot put a field under a name the readers do not know. docs/run-folder.md documents exactly
+these fields (tests/test_contract.py).
+
+Torch-free. `hcli status` does not import this module (pydantic costs ~40 ms of its 200 ms); it
+uses the key names in `hcli.contract_keys`, held equal to these models by the tests.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hcli.runs import now_iso
+
+__all__ = [
+    "RESULTS_MODELS",
+    "AttemptCompute",
+    "Compute",
+    "EventLine",
+    "Hardware",
+    "JobRecord",
+    "MetricsLine",
+    "MulticlassResults",
+    "ProbeResults",
+    "Progress",
+    "Provenance",
+    "Requeue",
+    "Results",
+    "SampleSet",
+    "Seen",
+    "State",
+    "TrainLine",
+    "ValLine",
+    "ValSummary",
+    "check_metrics_line",
+    "compute_from_state",
+    "dump",
+    "parse_metrics_line",
+    "require_complete",
+    "results_model",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """The model as JSON-ready data; refuses fields the contract does not define."""
+    _refuse_extra(model, type(model).__name__)
+    return model.model_dump(mode="json")
+
+
+def _refuse_extra(model: BaseModel, where: str, *, numeric_extras: bool = False) -> None:
+    extra = model.model_extra or {}
+    if numeric_extras:
+        extra = {k: v for k, v in extra.items() if not _is_number_or_none(v)}
+    if extra:
+        raise ValueError(
+            f"{where}: field(s) {sorted(extra)} are not in the run-folder contract; add them to "
+            "hcli/contract.py (and docs/run-folder.md) or fix the name"
+        )
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = value if isinstance(value, list) else (
+            value.values() if isinstance(value, dict) else [value])
+        for item in items:
+            if isinstance(item, BaseModel):
+                _refuse_extra(item, f"{where}.{name}")
+
+
+def _is_number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+# -- state.json --------------------------------------------------------------------------------
+
+
+class Hardware(_Model):
+    """What one execution of a job ran on (recorded by the job's rank 0 when it starts)."""
+
+    host: str | None = None
+    nodes: int = 1
+    nodelist: str | None = None
+    world_size: int = 1
+    gpus: int = 0  # GPUs the run's processes use in total (0: CPU)
+    gpu_name: str | None = None
+
+
+class JobRecord(_Model):
+    """One scheduler job of the run. A requeued SLURM job keeps its id and gains a start."""
+
+    job_id: str
+    executor: str | None = None
+    submitted_at: str | None = None
+    attempt: int = 1
+    resumed: bool = False
+    stdout: str | None = None
+    stderr: str | None = None
+    # starts[i], ends[i] and hardware[i] describe the i-th execution; an end is null when the
+    # process died without saying so (SIGKILL, node failure).
+    starts: list[str] = Field(default_factory=list)
+    ends: list[str | None] = Field(default_factory=list)
+    hardware: list[Hardware] = Field(default_factory=list)
+
+    @classmethod
+    def new(cls, job_id: str, executor: str, attempt: int, **extra: Any) -> JobRecord:
+        """The one builder of a job record (submit, resume, and a job started by hand)."""
+        return cls(job_id=job_id, executor=executor, submitted_at=now_iso(), attempt=attempt,
+                   **extra)
+
+
+class Requeue(_Model):
+    at: str
+    step: int | None = None
+    reason: str | None = None
+    job_id: str | None = None
+
+
+class State(_Model):
+    run_id: str | None = None
+    kind: str | None = None
+    backbone: str | None = None
+    name: str | None = None
+    state: str = "UNKNOWN"
+    attempt: int = 1  # bumped by `submit --force`, which moves the previous outputs aside
+    restarts: int = 0
+    executor: str | None = None
+    jobs: list[JobRecord] = Field(default_factory=list)
+    requeues: list[Requeue] = Field(default_factory=list)
+    created_at: str | None = None
+    updated_at: str | None = None
+    message: str | None = None
+    host: str | None = None
+    pid: int | None = None
+
+
+# -- progress.json and metrics.jsonl -----------------------------------------------------------
+
+
+class Progress(_Model):
+    step: int = 0
+    total_steps: int | None = None
+    epoch: int = 0
+    phase: str = "starting"
+    eta_s: float | None = None
+    heartbeat: str | None = None
+    latest: dict[str, float | None] = Field(default_factory=dict)
+    best_val_miou: float | None = None
+    best_step: int | None = None
+
+
+class TrainLine(_Model):
+    """A training line; a kind may add numeric figures of its own beside these."""
+
+    step: int
+    time: str
+    split: Literal["train"] = "train"
+    loss: float | None = None
+    lr: float | None = None
+    grad_norm: float | None = None
+    samples_per_s: float | None = None
+    epoch: int | None = None
+
+
+class ValLine(_Model):
+    """A validation line; a kind may add numeric figures of its own beside these."""
+
+    step: int
+    time: str
+    split: Literal["val"] = "val"
+    miou: float | None = None
+    binary_miou: float | None = None
+    coarse_miou: float | None = None
+    rare_miou: float | None = None
+    per_class_iou: dict[str, float | None] = Field(default_factory=dict)
+
+
+EventName = Literal["started", "requeued", "resumed", "stopped", "early_stop", "checkpoint"]
+
+
+class EventLine(_Model):
+    step: int
+    time: str
+    event: EventName
+    reason: str | None = None  # requeued, stopped: the signal
+    checkpoint: str | None = None  # resumed, checkpoint: the file
+    best_step: int | None = None  # early_stop
+    job_id: str | None = None  # requeued
+
+
+MetricsLine = TrainLine | ValLine | EventLine
+
+
+def parse_metrics_line(obj: Any) -> MetricsLine | None:
+    """One decoded metrics.jsonl object as its model; None when it is no line of the contract."""
+    if not isinstance(obj, dict):
+        return None
+    model: type[TrainLine] | type[ValLine] | type[EventLine]
+    if "event" in obj:
+        model = EventLine
+    elif obj.get("split") == "train":
+        model = TrainLine
+    elif obj.get("split") == "val":
+        model = ValLine
+    else:
+        return None
+    try:
+        return model.model_validate(obj)
+    except ValidationError:
+        return None
+
+
+def check_metrics_line(line: MetricsLine) -> dict[str, Any]:
+    """A line ready to append: train/val lines may carry extra numbers, events nothing else."""
+    _refuse_extra(line, type(line).__name__, numeric_extras=not isinstance(line, EventLine))
+    return line.model_dump(mode="json", exclude_unset=True)
+
+
+# -- results.json ------------------------------------------------------------------------------
+
+
+class AttemptCompute(_Model):
+    """One execution: from a start recorded in state.json to its end (or to now, or unknown)."""
+
+    job_id: str
+    start: str
+    end: str | None = None
+    wall_s: float | None = None
+    node_hours: float | None = None
+    gpu_hours: float | None = None
+    hardware: Hardware = Field(default_factory=Hardware)
+
+
+class Compute(_Model):
+    """What the run used, summed over every execution of its current attempt."""
+
+    wall_s: float | None = None
+    node_hours: float | None = None
+    gpu_hours: float | None = None
+    restarts: int = 0
+    device: str | None = None
+    world_size: int = 1
+    hosts: list[str] = Field(default_factory=list)
+    attempts: list[AttemptCompute] = Field(default_factory=list)
+    # Executions whose end was never recorded (killed): not in the totals, which are then low.
+    unended: int = 0
+
+
+class Results(_Model):
+    run_id: str
+    kind: str
+    backbone: str | None = None
+
+
+class ValSummary(_Model):
+    best_miou: float | None = None
+    best_step: int | None = None
+    last_miou: float | None = None
+
+
+class MulticlassResults(Results):
+    checkpoint: str | None = None  # "best" or "last"
+    step: int | None = None
+    final_step: int | None = None
+    early_stopped: bool = False
+    split: str = "test"
+    protocol: str | None = None
+    fold: int | None = None
+    held_out: str | None = None
+    fold_sizes: dict[str, int] = Field(default_factory=dict)
+    miou: float | None = None
+    binary_miou: float | None = None
+    coarse_miou: float | None = None
+    rare_miou: float | None = None
+    pixel_accuracy: float | None = None
+    per_class_iou: dict[str, float | None] = Field(default_factory=dict)
+    per_class_f1: dict[str, float | None] = Field(default_factory=dict)
+    per_coarse_iou: dict[str, float | None] | None = None
+    confusion: list[list[float]] | None = None
+    confusion_normalization: str | None = None
+    rare_classes: list[str] = Field(default_factory=list)
+    baseline_all_clean_miou: float | None = None
+    val: ValSummary = Field(default_factory=ValSummary)
+    compute: Compute = Field(default_factory=Compute)
+    samples: list[str] = Field(default_factory=list)
+    class_names: list[str] = Field(default_factory=list)
+
+
+class ProbeResults(Results):
+    probe: dict[str, Any] = Field(default_factory=dict)
+
+
+# kind -> its results model (moves to the registry of kinds once there is one).
+RESULTS_MODELS: dict[str, type[Results]] = {
+    "multiclass": MulticlassResults,
+    "probe": ProbeResults,
+}
+
+
+def results_model(kind: str) -> type[Results]:
+    return RESULTS_MODELS.get(kind, Results)
+
+
+def require_complete(model: type[BaseModel], payload: dict[str, Any], where: str = "") -> None:
+    """Every field of `model` is in `payload` (recursively): a writer must write the whole
+    contract, so a field it forgets is an error here rather than a default in every reader."""
+    missing = []
+    for name, info in model.model_fields.items():
+        if name not in payload:
+            missing.append(f"{where}{name}")
+            continue
+        sub = info.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel) and isinstance(
+                payload[name], dict):
+            try:
+                require_complete(sub, payload[name], f"{where}{name}.")
+            except ValueError as exc:
+                missing.append(str(exc).split(": ", 1)[1])
+    if missing:
+        raise ValueError(f"{model.__name__}: missing field(s): {', '.join(missing)}")
+
+
+# -- provenance.json ---------------------------------------------------------------------------
+
+
+class SampleSet(_Model):
+    """A list of sample ids, kept beside provenance.json (one id per line, sorted)."""
+
+    count: int
+    sha256: str  # of the file's bytes
+    file: str  # relative to the run folder
+
+
+class Seen(SampleSet):
+    """Samples a run of the initialisation chain trained or validated on."""
+
+    run_id: str
+    split: str  # "train" | "val"
+    # True for a source without provenance.json (an older run): re-derived from its spec's fold.
+    derived: bool = False
+
+
+class Provenance(_Model):
+    run_id: str
+    kind: str
+    started_at: str
+    finished_at: str | None = None
+    manifest: str | None = None  # path of the data manifest
+    manifest_sha256: str | None = None
+    samples: dict[str, SampleSet] = Field(default_factory=dict)  # train, val (, test)
+    init_from: list[str] = Field(default_factory=list)  # run ids (or checkpoint paths)
+    seen: list[Seen] = Field(default_factory=list)  # this run and every run it descends from
+    end: dict[str, Any] = Field(default_factory=dict)  # what the job adds when it finishes
+
+
+# -- compute over every execution --------------------------------------------------------------
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def compute_from_state(state: State, *, now: str | None = None, device: str | None = None,
+                       world_size: int | None = None) -> Compute:
+    """Wall time, node-hours and GPU-hours of every execution of the run's current attempt.
+
+    An execution without a recorded end counts up to `now` when it is the newest one (the job
+    asking is that execution); an older one without an end died unrecorded and is counted in
+    `unended`, not in the totals.
+    """
+    runs = [
+        (job, i, start)
+        for job in state.jobs if job.attempt == state.attempt
+        for i, start in enumerate(job.starts)
+    ]
+    attempts: list[AttemptCompute] = []
+    unended = 0
+    for n, (job, i, start) in enumerate(runs):
+        end = job.ends[i] if i < len(job.ends) else None
+        if end is None and n == len(runs) - 1:
+            end = now
+        hw = job.hardware[i] if i < len(job.hardware) else Hardware()
+        t0, t1 = _parse_time(start), _parse_time(end)
+        wall = max(0.0, (t1 - t0).total_seconds()) if t0 and t1 else None
+        if wall is None:
+            unended += 1
+        attempts.append(AttemptCompute(
+            job_id=job.job_id, start=start, end=end, hardware=hw,
+            wall_s=None if wall is None else round(wall, 1),
+            node_hours=None if wall is None else round(wall / 3600 * hw.nodes, 4),
+            gpu_hours=None if wall is None else round(wall / 3600 * hw.gpus, 4),
+        ))
+    known = [a for a in attempts if a.wall_s is not None]
+    hosts = sorted({a.hardware.host for a in attempts if a.hardware.host})
+    last = attempts[-1].hardware if attempts else Hardware()
+    return Compute(
+        wall_s=round(sum(a.wall_s or 0.0 for a in known), 1) if known else None,
+        node_hours=round(sum(a.node_hours or 0.0 for a in known), 4) if known else None,
+        gpu_hours=round(sum(a.gpu_hours or 0.0 for a in known), 4) if known else None,
+        restarts=state.restarts,
+        device=device,
+        world_size=world_size if world_size is not None else last.world_size,
+        hosts=hosts,
+        attempts=attempts,
+        unended=unended,
+    )
+
