@@ -14,7 +14,7 @@ uses the key names in `hcli.contract_keys`, held equal to these models by the te
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -311,22 +311,49 @@ def results_model(kind: str) -> type[Results]:
 
 
 def require_complete(model: type[BaseModel], payload: dict[str, Any], where: str = "") -> None:
-    """Every field of `model` is in `payload` (recursively): a writer must write the whole
-    contract, so a field it forgets is an error here rather than a default in every reader."""
+    """Every field of `model` is in `payload`, recursively (also in lists and dicts of models):
+    a writer must write the whole contract, so a field it forgets is an error here rather than
+    a default in every reader. ValueError naming the missing fields."""
+    missing = _missing(model, payload, where)
+    if missing:
+        raise ValueError(f"{model.__name__}: missing field(s): {', '.join(missing)}")
+
+
+def _missing(model: type[BaseModel], payload: Any, where: str) -> list[str]:
+    if not isinstance(payload, dict):
+        return []
     missing = []
     for name, info in model.model_fields.items():
         if name not in payload:
             missing.append(f"{where}{name}")
             continue
-        sub = info.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel) and isinstance(
-                payload[name], dict):
-            try:
-                require_complete(sub, payload[name], f"{where}{name}.")
-            except ValueError as exc:
-                missing.append(str(exc).split(": ", 1)[1])
-    if missing:
-        raise ValueError(f"{model.__name__}: missing field(s): {', '.join(missing)}")
+        value, sub = payload[name], _model_in(info.annotation)
+        if sub is None:
+            continue
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                missing += _missing(sub, item, f"{where}{name}[{i}].")
+        elif isinstance(value, dict) and _is_mapping(info.annotation):
+            for key, item in value.items():
+                missing += _missing(sub, item, f"{where}{name}[{key}].")
+        else:
+            missing += _missing(sub, value, f"{where}{name}.")
+    return missing
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds: itself, or the items of its list or dict."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _is_mapping(annotation: Any) -> bool:
+    return get_origin(annotation) is dict
 
 
 # -- provenance.json ---------------------------------------------------------------------------
