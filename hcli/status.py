@@ -16,12 +16,22 @@ from typing import Any
 
 from hcli.scheduler import ENDED, SchedulerQuery, job_alive
 
-__all__ = ["STALE_AFTER_S", "SCHEDULER_CACHE", "status_rows"]
+__all__ = [
+    "REASON_STATES",
+    "SCHEDULER_CACHE",
+    "STALE_AFTER_S",
+    "log_files",
+    "next_command",
+    "run_detail",
+    "status_rows",
+]
 
 STALE_AFTER_S = 300.0
 # How ended jobs ended, as sacct said (hcli.scheduler); relative to the runs root.
 SCHEDULER_CACHE = Path(".cache", "scheduler.json")
 _ACTIVE = ("PENDING", "RUNNING", "REQUEUED")
+# The states whose row says why (the state's message, or what hcli concluded).
+REASON_STATES = ("FAILED", "CANCELLED", "STALE", "REQUEUED")
 
 
 def _read(path: str) -> Any:
@@ -59,22 +69,26 @@ def status_rows(
             if kind and st.get("kind") != kind:
                 continue
             found.append((entry.path, st))
+    rows = _rows(found, root / SCHEDULER_CACHE if query_scheduler else None, now, query_scheduler)
+    return [r for r in rows if not state or r["state"] == state.upper()]
+
+
+def _rows(
+    found: list[tuple[str, dict[str, Any]]], cache: Path | None, now: float, query_scheduler: bool
+) -> list[dict[str, Any]]:
     job_ids = [(st.get("jobs") or [{}])[-1].get("job_id") for _, st in found]
     # Only runs the folder calls active need a witness (a finished run's state is settled), and
     # a study's hundreds of old job ids would make the sacct call slow (benchmarks/bench_cli.py).
     active = [
         j for (_, st), j in zip(found, job_ids, strict=True) if j and st.get("state") in _ACTIVE
     ]
-    query = SchedulerQuery(active if query_scheduler else [], cache=root / SCHEDULER_CACHE)
+    query = SchedulerQuery(active if query_scheduler else [], cache=cache)
     raw = [(path, st, _read(os.path.join(path, "progress.json")) or {}) for path, st in found]
     witness = query.result()
-    rows = []
-    for (path, st, progress), job_id in zip(raw, job_ids, strict=True):
-        row = _row(path, st, progress, job_id, witness, now)
-        if state and row["state"] != state.upper():
-            continue
-        rows.append(row)
-    return rows
+    return [
+        _row(path, st, progress, job_id, witness, now)
+        for (path, st, progress), job_id in zip(raw, job_ids, strict=True)
+    ]
 
 
 def _row(
@@ -106,8 +120,9 @@ def _row(
             derived = "REQUEUED"
     step, total = progress.get("step"), progress.get("total_steps")
     latest = progress.get("latest") or {}
+    run_id = st.get("run_id", os.path.basename(path))
     return {
-        "run_id": st.get("run_id", os.path.basename(path)),
+        "run_id": run_id,
         "kind": st.get("kind"),
         "backbone": st.get("backbone"),
         "name": st.get("name"),
@@ -123,5 +138,194 @@ def _row(
         "eta_s": progress.get("eta_s") if derived == "RUNNING" else None,
         "heartbeat_age_s": heartbeat_age,
         "message": st.get("message"),
+        "reason": _reason(run_id, st, derived, job_id, scheduler, heartbeat_age),
         "path": path,
     }
+
+
+def _reason(
+    run_id: str,
+    st: dict[str, Any],
+    derived: str,
+    job_id: str | None,
+    scheduler: str | None,
+    heartbeat_age: float | None,
+) -> str | None:
+    """Why a run is FAILED, CANCELLED, STALE or REQUEUED, in one line: what the job recorded,
+    or, when the job died before it could record anything, what status concluded and where to
+    look next."""
+    if derived not in REASON_STATES:
+        return None
+    message = " ".join(str(st.get("message") or "").split())  # one line, whatever was written
+    if derived == st.get("state") and message:
+        return message
+    if derived == "STALE":
+        return (
+            f"no heartbeat for {int((heartbeat_age or 0) // 60)} min and no scheduler says job "
+            f"{job_id} lives; see `hcli logs {run_id} --err`"
+        )
+    if scheduler and scheduler != "PENDING":
+        return (
+            f"job {job_id} ended {scheduler} (scheduler) before the run recorded why; "
+            f"see `hcli logs {run_id} --err`"
+        )
+    if derived == "FAILED":
+        return f"job {job_id} is gone without recording why; see `hcli logs {run_id} --err`"
+    return message or None
+
+
+def run_detail(root: Path, ref: str, *, query_scheduler: bool = True) -> dict[str, Any]:
+    """One run in full: its status row, every job and start with node-hours, requeues,
+    checkpoints, latest and best metrics, its files and the command that continues it."""
+    import time
+
+    from hcli.runs import find_run
+
+    run = find_run(root, ref)
+    now = time.time()
+    st = run.state()
+    # No scheduler cache here: it keeps only the jobs of the call that writes it, so a one-run
+    # call would make the next `hcli status` ask sacct again about every other run.
+    (row,) = _rows([(str(run.path), st)], None, now, query_scheduler)
+    jobs, compute = _jobs(st, row["state"] == "RUNNING")
+    progress = _read(os.path.join(run.path, "progress.json")) or {}
+    results = _read(os.path.join(run.path, "results.json"))
+    logs = log_files(run.logs, (st.get("jobs") or [{}])[-1])
+    return {
+        **row,
+        "attempt": st.get("attempt", 1),
+        "created_at": st.get("created_at"),
+        "updated_at": st.get("updated_at"),
+        "jobs": jobs,
+        "compute": compute,
+        "requeues": st.get("requeues") or [],
+        "checkpoints": _checkpoints(run.checkpoints),
+        "metrics": {
+            "latest": progress.get("latest") or {},
+            "best_val_miou": progress.get("best_val_miou"),
+            "best_step": progress.get("best_step"),
+            "results": _result_summary(results),
+        },
+        "paths": {
+            "run": str(run.path),
+            "spec": str(run.spec_path),
+            "state": str(run.state_path),
+            "logs": str(run.logs),
+            **logs,
+            "checkpoints": str(run.checkpoints),
+            "metrics": str(run.path / "metrics.jsonl"),
+            "results": str(run.path / "results.json") if results is not None else None,
+        },
+        "next": next_command(row["run_id"], row["state"]),
+    }
+
+
+def next_command(run_id: str, state: str) -> str:
+    """What a user types next for a run in `state`."""
+    return {
+        "PENDING": f"hcli logs {run_id} -f  (once it starts; `hcli cancel {run_id}` withdraws it)",
+        "RUNNING": f"hcli logs {run_id} -f",
+        "REQUEUED": f"hcli status {run_id}  (it continues by itself when SLURM starts it again)",
+        "COMPLETED": f"hcli collect {run_id}",
+        "FAILED": f"hcli resume {run_id}  (after `hcli logs {run_id} --err` shows why)",
+        "CANCELLED": f"hcli resume {run_id}",
+        "STALE": f"hcli logs {run_id} --err; then hcli cancel {run_id} && hcli resume {run_id}",
+    }.get(state, f"hcli logs {run_id}")
+
+
+def _jobs(st: dict[str, Any], running: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every job and each of its executions (a requeued SLURM job starts again under the same
+    id), timed by the contract's one computation (`hcli.contract.compute_from_state`): an
+    execution lasts from its start to its recorded end, the newest one of a running run to now;
+    one without an end (killed) has no node-hours and is counted as unended. Returns the jobs
+    and the totals of the current attempt."""
+    from hcli.contract import State, compute_from_state
+    from hcli.runs import now_iso
+
+    model = State.model_validate(st)
+    timed: dict[tuple[str, str], Any] = {}
+    totals: dict[str, Any] = {}
+    for attempt in sorted({j.attempt for j in model.jobs} | {model.attempt}):
+        current = attempt == model.attempt
+        compute = compute_from_state(
+            model.model_copy(update={"attempt": attempt}),
+            now=now_iso() if running and current else None,
+        )
+        timed.update({(a.job_id, a.start): a for a in compute.attempts})
+        if current:
+            totals = {
+                "node_hours": compute.node_hours,
+                "gpu_hours": compute.gpu_hours,
+                "wall_s": compute.wall_s,
+                "unended": compute.unended,
+            }
+    jobs = []
+    last = model.jobs[-1] if model.jobs else None
+    newest = (last.job_id, last.starts[-1]) if last and last.starts else None
+    for job in model.jobs:
+        executions = []
+        for start in job.starts:
+            a = timed.get((job.job_id, start))
+            executions.append(
+                {
+                    "start": start,
+                    "end": a.end if a else None,
+                    "running": running and (job.job_id, start) == newest,
+                    "host": a.hardware.host if a else None,
+                    "node_hours": a.node_hours if a else None,
+                    "gpu_hours": a.gpu_hours if a else None,
+                }
+            )
+        jobs.append(
+            {
+                "job_id": job.job_id,
+                "executor": job.executor,
+                "attempt": job.attempt,
+                "submitted_at": job.submitted_at,
+                "resumed": job.resumed,
+                "starts": executions,
+            }
+        )
+    return jobs, totals
+
+
+def _checkpoints(folder: Path) -> dict[str, Any]:
+    """Step checkpoints, newest first; complete = its `.done` marker exists (written last)."""
+    try:
+        names = set(os.listdir(folder))
+    except OSError:
+        names = set()
+    steps = sorted((n for n in names if n.startswith("step-") and n.endswith(".pt")), reverse=True)
+    complete = [n for n in steps if f"{n}.done" in names]
+    return {
+        "count": len(steps),
+        "complete": len(complete),
+        "newest": str(folder / steps[0]) if steps else None,
+        "newest_complete": bool(steps) and steps[0] in complete,
+        "newest_complete_path": str(folder / complete[0]) if complete else None,
+        "best": str(folder / "best.pt") if "best.pt" in names else None,
+    }
+
+
+def _result_summary(results: Any) -> dict[str, Any] | None:
+    if not isinstance(results, dict):
+        return None
+    keys = ("miou", "binary_miou", "coarse_miou", "rare_miou", "checkpoint", "step", "split")
+    summary = {k: results[k] for k in keys if k in results}
+    if isinstance(results.get("val"), dict):
+        summary["val"] = results["val"]
+    if isinstance(results.get("compute"), dict):
+        summary["compute"] = results["compute"]
+    return summary
+
+
+def log_files(logs: Path, job: dict[str, Any]) -> dict[str, str | None]:
+    """A job's stdout and stderr files, where they exist: where the job record says, else
+    submitit's and the local runner's names in the run's logs folder."""
+    jid = job.get("job_id", "")
+    found: dict[str, str | None] = {}
+    for key, suffix in (("stdout", "out"), ("stderr", "err")):
+        candidates = [Path(job[key])] if job.get(key) else []
+        candidates += [logs / f"{jid}_0_log.{suffix}", logs / f"job.{suffix}"]
+        found[key] = next((str(p) for p in candidates if p.is_file()), None)
+    return found

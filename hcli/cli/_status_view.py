@@ -8,7 +8,7 @@ from typing import Any
 
 from hcli.cli._output import print_json
 
-__all__ = ["COLUMNS", "STATE_STYLE", "cells", "fmt_duration", "format_table", "show"]
+__all__ = ["COLUMNS", "STATE_STYLE", "cells", "fmt_duration", "format_table", "show", "show_run"]
 
 COLUMNS = (
     "run id",
@@ -21,6 +21,7 @@ COLUMNS = (
     "val mIoU",
     "ETA",
     "heartbeat",
+    "reason",
 )
 STATE_STYLE = {
     "COMPLETED": "green",
@@ -64,6 +65,7 @@ def cells(r: dict[str, Any]) -> list[str]:
         metric,
         fmt_duration(r["eta_s"]),
         beat,
+        r.get("reason") or "",
     ]
 
 
@@ -78,7 +80,12 @@ def format_table(rows: list[dict[str, Any]], root: Path, color: bool) -> str:
     if not rows:
         return f"no runs under {root} (submit one: hcli submit multiclass --config quickstart)"
     table = [list(COLUMNS), *(cells(r) for r in rows)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    if not any(row[-1] for row in table[1:]):
+        table = [row[:-1] for row in table]  # no run needs explaining: no empty column
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    if len(table[0]) == len(COLUMNS) and (room := _reason_room(widths)) is not None:
+        for row in table[1:]:
+            row[-1] = _cut(row[-1], room)
     lines = [f"runs in {root}"]
     for n, row in enumerate(table):
         padded = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
@@ -89,6 +96,22 @@ def format_table(rows: list[dict[str, Any]], root: Path, color: bool) -> str:
             padded[3] = _style(padded[3], STATE_STYLE[row[3]], color)
         lines.append("  ".join(padded).rstrip())
     return "\n".join(lines)
+
+
+def _reason_room(widths: list[int]) -> int | None:
+    """Characters left for the reason on a terminal line; None when the output goes to no
+    terminal (a pipe or a file keeps whole reasons, one run per line) and COLUMNS is unset."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        import shutil
+
+        used = sum(widths[:-1]) + 2 * (len(widths) - 1)
+        # Wider tables wrap anyway: a reason stays readable rather than vanishing.
+        return max(24, shutil.get_terminal_size().columns - used)
+    return None
+
+
+def _cut(text: str, room: int) -> str:
+    return text if len(text) <= room else text[: room - 1] + "…"
 
 
 def _color_wanted() -> bool:
@@ -105,3 +128,125 @@ def show(root: Path, *, kind: str | None, state: str | None, json_out: bool) -> 
         print_json(rows)
     else:
         sys.stdout.write(format_table(rows, root, _color_wanted()) + "\n")
+
+
+def _when(iso: str | None) -> str:
+    """`2026-12-02T05:40:20+00:00` as `12-02 05:40:20`: the year and zone (UTC, as written)
+    cost a column's width in a table that must fit a terminal."""
+    return f"{iso[5:10]} {iso[11:19]}" if iso and len(iso) >= 19 else (iso or "-")
+
+
+def _hours(compute: dict[str, Any]) -> str:
+    """This attempt's node-hours; executions killed before recording their end make it a floor."""
+    hours = compute.get("node_hours")
+    text = f"{hours:.3f}" if hours is not None else "-"
+    unended = compute.get("unended") or 0
+    return text + (f" (+{unended} execution(s) without a recorded end)" if unended else "")
+
+
+def show_run(root: Path, ref: str, *, json_out: bool) -> None:
+    """Print one run in detail (`hcli status RUN`): rich for people, JSON for scripts."""
+    from hcli.status import run_detail
+
+    d = run_detail(root, ref)
+    if json_out:
+        print_json(d)
+        return
+    from rich.console import Console, Group
+    from rich.table import Table
+    from rich.text import Text
+
+    def kv(rows: list[tuple[str, Any]]) -> Table:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column(overflow="fold")
+        for key, value in rows:
+            grid.add_row(key, value if isinstance(value, Text) else Text(str(value)))
+        return grid
+
+    state = Text(d["state"], style=STATE_STYLE.get(d["state"], ""))
+    if d["recorded_state"] != d["state"]:
+        state.append(f"  (state.json says {d['recorded_state']}", style="dim")
+        if d["scheduler_state"]:
+            state.append(f"; scheduler: {d['scheduler_state']}", style="dim")
+        state.append(")", style="dim")
+    head = [
+        ("state", state),
+        ("kind", f"{d['kind'] or '-'}  backbone {d['backbone'] or '-'}  name {d['name'] or '-'}"),
+    ]
+    if d["reason"] or d["message"]:
+        head.append(("why" if d["reason"] else "message", d["reason"] or d["message"]))
+    row = cells(d)
+    head += [
+        ("progress", f"{row[6]}  ETA {row[8]}  heartbeat {row[9]}"),
+        (
+            "attempt",
+            f"{d['attempt']}  restarts {d['restarts']}  requeues {len(d['requeues'])}  "
+            f"node-hours {_hours(d['compute'])}",
+        ),
+    ]
+    parts: list[Any] = [Text(d["run_id"], style="bold"), kv(head)]
+
+    # Times in UTC as state.json holds them; the executor shows in the id (local-PID, numbers).
+    jobs = Table(title="jobs (UTC)", title_justify="left", show_edge=False, box=None)
+    for col in ("job", "submitted", "start", "end", "node-h"):
+        jobs.add_column(col, no_wrap=True)
+    for job in d["jobs"]:
+        starts = job["starts"] or [{"start": None, "end": None, "node_hours": None}]
+        for i, a in enumerate(starts):
+            hours = f"{a['node_hours']:.3f}" if a["node_hours"] is not None else "?"
+            label = (job["job_id"] or "-") + (" resumed" if job["resumed"] else "")
+            jobs.add_row(
+                label if i == 0 else "",
+                _when(job["submitted_at"]) if i == 0 else "",
+                _when(a["start"]) if a["start"] else "not started",
+                "running" if a.get("running") else _when(a["end"]),
+                hours if a["start"] else "-",
+            )
+    parts.append(jobs if d["jobs"] else Text("jobs: none yet", style="dim"))
+
+    if d["requeues"]:
+        req = Table(title="requeues (UTC)", title_justify="left", show_edge=False, box=None)
+        for col in ("at", "step", "reason", "job"):
+            req.add_column(col)
+        for r in d["requeues"]:
+            req.add_row(
+                _when(r.get("at")), *(str(r.get(k, "-")) for k in ("step", "reason", "job_id"))
+            )
+        parts.append(req)
+
+    ck = d["checkpoints"]
+    if ck["newest"]:
+        done = "complete" if ck["newest_complete"] else "incomplete: no .done marker"
+        newest = f"{Path(ck['newest']).name} ({done})"
+        checkpoints = f"{ck['count']} ({ck['complete']} complete); newest {newest}"
+        if ck["best"]:
+            checkpoints += "; best.pt"
+    else:
+        checkpoints = "none yet" + ("; best.pt" if ck["best"] else "")
+    m = d["metrics"]
+    latest = "  ".join(
+        f"{k} {v:.4g}" if isinstance(v, int | float) else f"{k} {v}" for k, v in m["latest"].items()
+    )
+    facts: list[tuple[str, Any]] = [("checkpoints", checkpoints), ("latest", latest or "-")]
+    if m["best_val_miou"] is not None:
+        facts.append(("best", f"val mIoU {m['best_val_miou']:.4f} at step {m['best_step']}"))
+    if m["results"]:
+        res = m["results"]
+        facts.append(
+            (
+                "results",
+                "  ".join(
+                    f"{k} {res[k]:.4f}"
+                    for k in ("miou", "binary_miou", "coarse_miou", "rare_miou")
+                    if isinstance(res.get(k), int | float)
+                )
+                + f"  ({res.get('split', 'test')}, checkpoint {res.get('checkpoint', '-')})",
+            )
+        )
+    parts.append(Text("metrics and checkpoints", style="bold"))
+    parts.append(kv(facts))
+    parts.append(Text("files", style="bold"))
+    parts.append(kv([(k, v) for k, v in d["paths"].items() if v]))
+    parts.append(kv([("next", Text(d["next"], style="bold cyan"))]))
+    Console(highlight=False, soft_wrap=False).print(Group(*parts))
