@@ -21,55 +21,42 @@ better: it runs in the same handler, on the main thread, and cannot wait for the
 
 So we defer submitit's handler instead of replacing it:
 
-1. The job entry point installs `StopFlag` *after* submitit did (i.e. inside the submitted
-   callable). `install(chain=True)` keeps each previous handler (submitit's) without calling it.
+1. The job entry point (``jobs.runtime.run_job``) keeps submitit's SIGUSR2 handler
+   (``signal.getsignal``) and then installs `StopFlag`, inside the submitted callable, so after
+   submitit did. `uninstall()` puts the replaced handlers back.
 2. The signal only sets the flag. The loop, at the next step boundary (all ranks agreeing via
    ``jobs.distributed.any_rank(flag.requested)``), writes a blocking checkpoint (after
    ``CheckpointManager.wait()`` for any background write), then returns "stopped".
-3. Outside any signal context, rank 0 calls ``flag.forward()``, which runs the deferred submitit
-   handler as if the signal had just arrived: ``checkpoint()`` (which only returns
-   ``DelayedSubmission(JobTarget(run_dir))``: the state is already on disk), pickle, requeue,
-   ``sys.exit(-1)``. SIGTERM's previous handler is submitit's ``bypass``; to be requeued after
-   a preemption, call the USR2 handler (``flag.previous(signal.SIGUSR2)``) instead, or
-   `requeue_self()` when not under submitit.
-4. Without submitit (local foreground/background runs) the previous handlers are the defaults;
-   `forward()` then calls nothing and returns False, and the entry point records the stop.
+3. Outside any signal context, rank 0 calls the kept submitit handler as if the signal had just
+   arrived: ``checkpoint()`` (which only returns ``DelayedSubmission(JobTarget(run_dir))``: the
+   state is already on disk), pickle, requeue, ``sys.exit(-1)``. It does so after a SIGTERM too
+   (submitit's own SIGTERM handler only logs), unless SLURM itself is ending the job.
+4. Without submitit (local foreground/background runs) there is no handler to call, and the
+   entry point records the stop.
 
-Children: SLURM signals every process of the job step, DataLoader workers included. Forked
-workers inherit this handler (harmless: it sets a flag in the worker's copy); workers started
-with spawn/forkserver would die of the default action, so pass `ignore_stop_signals` as (or call
-it from) the DataLoader's ``worker_init_fn``.
+Children: SLURM signals every process of the job step, DataLoader workers included. The loaders
+fork their workers, which inherit this handler (harmless: it sets a flag in the worker's copy).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
-from hcli.errors import ClusterError
-
 __all__ = [
     "STOP_SIGNALS",
     "StopFlag",
-    "StopRequested",
-    "ignore_stop_signals",
     "slurm_job_id",
-    "requeue_self",
 ]
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
 _Handler = Callable[[int, FrameType | None], Any] | int | None
-
-
-class StopRequested(Exception):  # noqa: N818 - reads as what happened, like KeyboardInterrupt
-    """Raised by a loop that saved after a stop signal, when nothing else ended the process."""
 
 
 class StopFlag:
@@ -79,7 +66,6 @@ class StopFlag:
         self.signals = tuple(signal.Signals(s) for s in signals)
         self._previous: dict[int, _Handler] = {}
         self._installed = False
-        self._chain = True
         self.signum: int | None = None  # the first stop signal received
         self.time: float | None = None  # its wall-clock time (time.time())
         self.count = 0  # stop signals received so far
@@ -88,20 +74,18 @@ class StopFlag:
     # -- installing ---------------------------------------------------------------------------
 
     @classmethod
-    def install(cls, chain: bool = True, signals: Iterable[int] = STOP_SIGNALS) -> StopFlag:
+    def install(cls, signals: Iterable[int] = STOP_SIGNALS) -> StopFlag:
         """Create a flag and make it the handler of `signals` (from the main thread).
 
-        With `chain`, the handlers it replaces are kept for `forward()`; they are never called
-        from inside the signal handler. `uninstall()` puts them back either way.
+        The handlers it replaces are never called; `uninstall()` puts them back.
         """
         flag = cls(signals)
-        flag._install(chain)
+        flag._install()
         return flag
 
-    def _install(self, chain: bool) -> None:
+    def _install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("StopFlag.install() must run in the main thread (Python's rule)")
-        self._chain = chain
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         self._installed = True
@@ -153,39 +137,6 @@ class StopFlag:
         self.signum = self.time = self._manual_reason = None
         self.count = 0
 
-    # -- after the save -----------------------------------------------------------------------
-
-    def previous(self, sig: int) -> _Handler:
-        """The handler `install()` replaced for `sig` (a callable, SIG_DFL, SIG_IGN or None)."""
-        return self._previous.get(signal.Signals(sig))
-
-    def forward(self, sig: int | None = None) -> bool:
-        """Run the replaced handler of `sig` (default: the signal received) now, in normal code.
-
-        Under submitit's SIGUSR2 handler this requeues the job and exits the process (or raises
-        submitit's ``UncompletedJobError`` when requeues are used up). Returns True when a
-        Python handler ran and returned, False when there was none (default or ignored
-        disposition, or installed with ``chain=False``); the caller then ends the job itself.
-        """
-        sig = self.signum if sig is None else sig
-        if sig is None or not self._chain:
-            return False
-        prev = self.previous(sig)
-        if not callable(prev):
-            return False
-        prev(int(sig), None)
-        return True
-
-
-def ignore_stop_signals(worker_id: int | None = None) -> None:
-    """Make this process (a DataLoader worker) ignore the stop signals; usable as worker_init_fn.
-
-    Only the main process decides when to stop; a worker killed by SIGUSR2's default action
-    would turn a clean stop into "DataLoader worker exited unexpectedly".
-    """
-    for sig in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
-
 
 def slurm_job_id() -> str | None:
     """This job's id as `scontrol` wants it: ``ARRAYJOB_TASK`` for an array task, else the id.
@@ -198,34 +149,3 @@ def slurm_job_id() -> str | None:
     from hcli._submitit_compat import SlurmJobEnvironment
 
     return SlurmJobEnvironment().job_id
-
-
-def requeue_self(timeout_s: float = 60.0) -> str:
-    """``scontrol requeue`` this SLURM job (only this array task); returns the id requeued.
-
-    For jobs not started by submitit (with submitit, prefer `StopFlag.forward()`, which also
-    keeps submitit's time-out countdown). SLURM then ends this process (SIGTERM, later
-    SIGKILL), so save first and exit right after.
-    """
-    job_id = slurm_job_id()
-    if job_id is None:
-        raise ClusterError("cannot requeue: not inside a SLURM job (SLURM_JOB_ID is not set)")
-    try:
-        subprocess.run(
-            ["scontrol", "requeue", job_id],
-            check=True,
-            timeout=timeout_s,
-            capture_output=True,
-            text=True,
-        )
-    except FileNotFoundError as exc:
-        raise ClusterError("cannot requeue: `scontrol` is not on PATH in the job") from exc
-    except subprocess.CalledProcessError as exc:
-        msg = (exc.stderr or exc.stdout or "").strip().splitlines()
-        raise ClusterError(
-            f"scontrol requeue {job_id} failed: {msg[0] if msg else exc}; is the partition "
-            "configured with requeue allowed (JobRequeue=1 or --requeue)?"
-        ) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise ClusterError(f"scontrol requeue {job_id} timed out after {timeout_s} s") from exc
-    return job_id

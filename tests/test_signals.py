@@ -1,10 +1,9 @@
-"""jobs.signals: the handler only records; the replaced (submitit) handler runs after the save."""
+"""jobs.signals: the handler only records; submitit's handler, kept aside, runs after the save."""
 
 from __future__ import annotations
 
 import os
 import signal
-import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +13,7 @@ from submitit.core.job_environment import SignalHandler
 from submitit.core.utils import DelayedSubmission, JobPaths
 from submitit.local.local import LocalJobEnvironment
 
-from hcli.errors import ClusterError
-from jobs.signals import StopFlag, ignore_stop_signals, requeue_self, slurm_job_id
+from jobs.signals import StopFlag, slurm_job_id
 
 
 @pytest.fixture(autouse=True)
@@ -54,26 +52,17 @@ def test_signal_sets_flag_and_defers_previous_handler(sig: signal.Signals) -> No
     assert previous.calls == []  # nothing but recording happened in the handler
     _deliver(sig, flag)
     assert flag.count == 2 and flag.reason == sig.name  # the first signal stays the reason
-    assert flag.previous(sig) is previous
-    assert flag.forward() is True
-    assert previous.calls == [sig]
+    assert previous.calls == []
     flag.uninstall()
     assert signal.getsignal(sig) is previous
 
 
-def test_forward_without_python_handler_or_chain() -> None:
+def test_default_dispositions_are_replaced_and_restored() -> None:
     signal.signal(signal.SIGUSR2, signal.SIG_DFL)
     with StopFlag.install() as flag:
         _deliver(signal.SIGUSR2, flag)  # would kill the process under the default action
-        assert flag.forward() is False
+        assert flag.reason == "SIGUSR2"
     assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
-
-    previous = _Recorder()
-    signal.signal(signal.SIGTERM, previous)
-    with StopFlag.install(chain=False) as flag:
-        _deliver(signal.SIGTERM, flag)
-        assert flag.forward() is False and previous.calls == []
-    assert signal.getsignal(signal.SIGTERM) is previous
 
 
 def test_second_ctrl_c_interrupts_at_once() -> None:
@@ -123,24 +112,20 @@ def test_composes_with_submitits_requeue_handler(tmp_path: Path, monkeypatch) ->
     monkeypatch.setattr(handler, "_exit", lambda: exits.append(True))
     signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
 
+    # As jobs.runtime.run_job does: keep submitit's handler aside, then install the flag.
+    submitit_usr2 = signal.getsignal(signal.SIGUSR2)
     flag = StopFlag.install()
     _deliver(signal.SIGUSR2, flag)
     assert flag.reason == "SIGUSR2"
     assert job.saved_when_checkpointed is None and requeued == [] and exits == []
 
     job.saved = True  # the loop saves at its step boundary...
-    flag.forward()  # ...then hands the signal to submitit
+    submitit_usr2(signal.SIGUSR2, None)  # ...then hands the signal to submitit
     assert job.saved_when_checkpointed is True
     assert requeued == [3] and exits == [True]
     resubmitted = DelayedSubmission.load(paths.submitted_pickle)
     assert isinstance(resubmitted.function, _Job) and resubmitted._timeout_countdown == 3
     flag.uninstall()
-
-
-def test_ignore_stop_signals() -> None:
-    ignore_stop_signals(0)
-    for s in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):
-        assert signal.getsignal(s) == signal.SIG_IGN
 
 
 def test_slurm_job_id_names_the_array_task(monkeypatch) -> None:
@@ -152,27 +137,3 @@ def test_slurm_job_id_names_the_array_task(monkeypatch) -> None:
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "100")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
     assert slurm_job_id() == "100_5"
-
-
-def test_requeue_self_calls_scontrol(tmp_path: Path, monkeypatch) -> None:
-    log = tmp_path / "calls"
-    fake = tmp_path / "scontrol"
-    fake.write_text(
-        f'#!/bin/sh\necho "$@" >> {log}\n[ "$2" != "bad" ] || {{ echo nope >&2; exit 1; }}\n'
-    )
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    monkeypatch.setenv("SLURM_JOB_ID", "105")
-    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "100")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
-    assert requeue_self() == "100_5"
-    assert log.read_text().split() == ["requeue", "100_5"]
-
-    monkeypatch.delenv("SLURM_ARRAY_JOB_ID")
-    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
-    monkeypatch.setenv("SLURM_JOB_ID", "bad")
-    with pytest.raises(ClusterError, match="nope"):
-        requeue_self()
-    monkeypatch.delenv("SLURM_JOB_ID")
-    with pytest.raises(ClusterError, match="not inside a SLURM job"):
-        requeue_self()

@@ -23,7 +23,6 @@ __all__ = [
     "target_size",
     "decode_rgb",
     "decode_mask",
-    "resize_mask",
     "class_pixels",
 ]
 
@@ -179,10 +178,3 @@ def _valid_counts(counts: np.ndarray) -> list[int]:
             f"annotation holds label(s) {', '.join(map(str, bad[:5]))}; allowed 0..15 and 255"
         )
     return [int(counts[i]) for i in VALID_LABELS]
-
-
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize to (width, height): labels are never blended."""
-    if mask.shape[::-1] == size:
-        return mask
-    return np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))

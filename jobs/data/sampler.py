@@ -86,9 +86,6 @@ class RepeatFactorSampler(Sampler[DrawKey]):
     def __len__(self) -> int:
         return self.rank_length(self.epoch)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.position = epoch, 0
-
     def __iter__(self) -> Iterator[DrawKey]:
         while True:
             perm = self.epoch_indices(self.epoch)
