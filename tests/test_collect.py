@@ -1,11 +1,13 @@
-"""`hcli collect` over hand-built run folders (docs/run-folder.md): numbers by value, figures,
-read-only run folders, identical output across collects, and the CLI path."""
+"""`hcli collect` over run folders written by the job's own writers (the run-folder contract's
+models, jobs.progress, jobs.results, jobs.runtime): numbers by value, figures, read-only run
+folders, identical output across collects, and the CLI path."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +16,26 @@ import pytest
 from PIL import Image
 
 from hcli.classes import CLASS_NAMES
+from hcli.contract import (
+    Hardware,
+    JobRecord,
+    MulticlassResults,
+    Progress,
+    Requeue,
+    State,
+    ValSummary,
+    dump,
+    parse_metrics_line,
+)
 from hcli.errors import UserError
+from hcli.fsutil import atomic_write_json
 from hcli.report import collect, load_run, parse_formats
 from hcli.report.figures import CONFUSION_SIZE, CURVES_SIZE, DPI, PER_CLASS_SIZE, samples_size
 from hcli.report.tables import Stat
-from hcli.spec import load_spec, spec_to_yaml
+from hcli.runs import Run, create_run
+from hcli.spec import load_spec
+from jobs.progress import append_line
+from jobs.results import write_results
 
 SUBMIT = "2026-11-24T10:00:00+00:00"
 
@@ -27,6 +44,21 @@ def _per_class(clean: float, stain: float) -> dict[str, float | None]:
     out: dict[str, float | None] = dict.fromkeys(CLASS_NAMES)
     out["Clean"], out["Staining"] = clean, stain
     return out
+
+
+def _later(iso: str, hours: float) -> str:
+    return (datetime.fromisoformat(iso) + timedelta(hours=hours)).isoformat(timespec="seconds")
+
+
+def write_state(run: Run, state: State) -> None:
+    atomic_write_json(run.state_path, dump(state))
+
+
+def write_metrics(run: Run, metrics: list[dict[str, Any]]) -> None:
+    for m in metrics:
+        line = parse_metrics_line(m)
+        assert line is not None, m
+        append_line(run.path, line)
 
 
 def make_run(
@@ -47,42 +79,39 @@ def make_run(
     confusion: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """A run folder as the job leaves it; `miou=None` means no results.json."""
+    """A run folder as the job leaves it, written through the job's writers; `miou=None` means
+    no results.json. A finished run ran once for `node_hours` hours on one node; a run without
+    results has a state.json from before executions were recorded (no starts)."""
     flags = {"model.backbone": backbone, "seed": seed, "data.fold": fold,
              "data.protocol": protocol, "train.lr": lr, "train.steps": 400,
              "train.warmup_steps": 10, **(extra or {})}
     spec = load_spec(flags=flags)
-    folder = root / run_id
-    folder.mkdir(parents=True)
-    (folder / "spec.yaml").write_text(spec_to_yaml(spec))
-    (folder / "state.json").write_text(json.dumps({
-        "run_id": run_id, "kind": "multiclass", "backbone": backbone, "name": spec.name,
-        "state": state, "attempt": 1, "restarts": len(requeues or []), "executor": "slurm",
-        "jobs": [{"job_id": "1", "submitted_at": SUBMIT, "executor": "slurm", "attempt": 1}],
-        "requeues": requeues or [], "created_at": SUBMIT, "updated_at": SUBMIT, "message": None,
-    }))
+    run = create_run(root, run_id, spec, snapshot=False)
+    job = JobRecord(job_id="1", submitted_at=SUBMIT, executor="slurm", attempt=1)
+    if miou is not None and node_hours is not None:
+        job.starts, job.ends = [SUBMIT], [_later(SUBMIT, node_hours)]
+        job.hardware = [Hardware(host="node1")]
+    write_state(run, State(
+        run_id=run_id, kind="multiclass", backbone=backbone, name=spec.name, state=state,
+        restarts=len(requeues or []), executor="slurm", jobs=[job],
+        requeues=[Requeue.model_validate(r) for r in requeues or []],
+        created_at=SUBMIT, updated_at=SUBMIT,
+    ))
     if metrics is not None:
-        (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+        write_metrics(run, metrics)
     if miou is not None:
-        res: dict[str, Any] = {
-            "run_id": run_id, "kind": "multiclass", "backbone": backbone, "checkpoint": "best",
-            "step": 400, "split": "test", "protocol": protocol, "fold": fold, "miou": miou,
-            "binary_miou": miou + 0.3, "coarse_miou": miou + 0.1, "rare_miou": miou / 2,
-            "per_class_iou": _per_class(0.9 + miou / 10, miou),
-            "rare_classes": ["Hair", "Dust"],
-            "val": {"best_miou": miou + 0.01, "best_step": 350, "last_miou": miou},
-            "class_names": list(CLASS_NAMES),
-        }
-        if held_out:
-            res["held_out"] = held_out
-        if node_hours is not None:
-            res["compute"] = {"wall_s": node_hours * 3600, "node_hours": node_hours,
-                              "restarts": 0}
-        if confusion:
-            counts = np.eye(len(CLASS_NAMES)) * 8 + 1  # rows sum to 23: normalised by collect
-            res["confusion"] = counts.tolist()
-        (folder / "results.json").write_text(json.dumps(res))
-    return folder
+        res = MulticlassResults(
+            run_id=run_id, kind="multiclass", backbone=backbone, checkpoint="best", step=400,
+            final_step=400, split="test", protocol=protocol, fold=fold, held_out=held_out,
+            miou=miou, binary_miou=miou + 0.3, coarse_miou=miou + 0.1, rare_miou=miou / 2,
+            per_class_iou=_per_class(0.9 + miou / 10, miou), rare_classes=["Hair", "Dust"],
+            val=ValSummary(best_miou=miou + 0.01, best_step=350, last_miou=miou),
+            class_names=list(CLASS_NAMES),
+            # rows sum to 23: normalised by collect
+            confusion=(np.eye(len(CLASS_NAMES)) * 8 + 1).tolist() if confusion else None,
+        )
+        write_results(run, dump(res), device="cpu", world_size=1)
+    return run.path
 
 
 def _t(minutes: int) -> str:
@@ -363,21 +392,94 @@ def test_node_hours_split_at_job_submissions(tmp_path: Path) -> None:
              for s, m in ((10, 5), (20, 20), (30, 70), (40, 100))]
     folder = make_run(tmp_path, "multiclass-convnext-j", metrics=lines,
                       extra={"slurm.nodes": 2})
-    state = json.loads((folder / "state.json").read_text())
-    state["executor"] = "local"  # one machine, whatever slurm.nodes says
-    state["jobs"] = [{"job_id": "local-1", "submitted_at": _t(0)},
-                     {"job_id": "local-2", "submitted_at": _t(60)}]
-    (folder / "state.json").write_text(json.dumps(state))
+    run = Run(folder)
+    state = State.model_validate(run.state())
+    state.executor = "local"  # one machine, whatever slurm.nodes says
+    state.jobs = [JobRecord(job_id="local-1", submitted_at=_t(0)),
+                  JobRecord(job_id="local-2", submitted_at=_t(60))]
+    write_state(run, state)
     rec = load_run(folder)
     assert rec.node_hours == pytest.approx((15 + 30) / 60)  # the 40 idle minutes do not count
+    assert rec.node_hours_source == "timestamps"
     assert rec.source is None and rec.step == 40
+
+
+def _requeued_by_the_job(root: Path) -> Run:
+    """A run the job's own bookkeeping (jobs.runtime) took through a requeue at step 150: two
+    executions of SLURM job 7 on 2 nodes, 30 and 15 minutes, then results."""
+    from jobs.runtime import JobContext, _mark_running, _update
+
+    spec = load_spec(flags={"train.steps": 200, "train.warmup_steps": 1, "slurm.nodes": 2})
+    run = create_run(root, "multiclass-convnext-rq", spec, snapshot=False)
+    run.add_job("7", "slurm")
+    ctx = JobContext(run=run, spec=spec, job_id="7", stop=None)
+    _mark_running(ctx, Hardware(host="n1", nodes=2, world_size=2))
+    write_metrics(run, [{"step": 100, "time": _t(10), "split": "val", "miou": 0.3},
+                        {"step": 150, "time": _t(30), "event": "stopped", "reason": "SIGUSR2"}])
+    requeue = Requeue(at=_t(30), step=150, reason="SIGUSR2", job_id="7")
+    _update(run, ended=True, state="REQUEUED", requeues=[dump(requeue)])
+    _mark_running(ctx, Hardware(host="n2", nodes=2, world_size=2))
+    write_metrics(run, [{"step": 100, "time": _t(41), "event": "resumed",
+                         "checkpoint": "step-000100.pt"},
+                        {"step": 200, "time": _t(55), "split": "val", "miou": 0.4}])
+    # The executions' times as they would be on a real cluster (the test runs in a moment).
+    state = State.model_validate(run.state())
+    state.jobs[0].starts, state.jobs[0].ends = [_t(0), _t(40)], [_t(30)]
+    write_state(run, state)
+    return run
+
+
+def test_requeued_run_counts_both_executions_and_marks_the_curve(tmp_path: Path) -> None:
+    run = _requeued_by_the_job(tmp_path / "runs")
+    rec = load_run(run.path)  # in progress: compute from state.json, up to the heartbeat
+    assert rec.requeue_steps == [150] and rec.restarts == 1
+    events = [parse_metrics_line(json.loads(x)) for x in
+              (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert [getattr(e, "event", None) for e in events].count("requeued") == 1
+    atomic_write_json(run.path / "progress.json",
+                      dump(Progress(step=200, total_steps=200, heartbeat=_t(55))))
+    rec = load_run(run.path)
+    assert rec.node_hours_source == "state"
+    assert rec.node_hours == pytest.approx(2 * (30 + 15) / 60)
+
+    state = State.model_validate(run.state())
+    state.jobs[0].ends = [_t(30), _t(60)]  # the second execution ended at 11:00
+    write_state(run, state)
+    res = MulticlassResults(run_id=run.run_id, kind="multiclass", backbone="convnext",
+                            miou=0.41, val=ValSummary(best_miou=0.4, best_step=200,
+                                                      last_miou=0.4))
+    written = write_results(run, dump(res), device="cpu", world_size=2)
+    assert [a["wall_s"] for a in written["compute"]["attempts"]] == [1800.0, 1200.0]
+    rec = load_run(run.path)
+    assert rec.node_hours_source == "results"
+    assert rec.node_hours == pytest.approx(2 * (30 + 20) / 60, abs=1e-4)  # rounded to 4 places
+    assert rec.last_val_miou == pytest.approx(0.4) and rec.requeue_steps == [150]
+    out = collect([run.path], tmp_path / "rep", {"md"}, None)
+    assert _row(_table(out, "runs"), run_id=run.run_id)["node_hours"] == pytest.approx(
+        50 / 60 * 2, abs=1e-4)
+    assert (tmp_path / "rep" / "figures" / f"curves_{run.run_id}.png").is_file()
+
+
+def test_results_of_an_older_job_still_read(tmp_path: Path) -> None:
+    """results.json from before compute counted every execution: no node_hours, no
+    val.last_miou; collect falls back to state.json and the validation lines."""
+    folder = make_run(tmp_path, "multiclass-convnext-old", miou=0.4, node_hours=None,
+                      metrics=[{"step": 100, "time": _t(0), "split": "val", "miou": 0.35}])
+    raw = json.loads((folder / "results.json").read_text())
+    del raw["val"]["last_miou"]
+    raw["compute"] = {"wall_s": 812.0, "restarts": 0, "device": "cpu", "world_size": 1}
+    MulticlassResults.model_validate(raw)  # the older shape is still the contract
+    (folder / "results.json").write_text(json.dumps(raw))
+    rec = load_run(folder)
+    assert rec.source == "test" and rec.miou == pytest.approx(0.4) and not rec.warnings
+    assert rec.last_val_miou == pytest.approx(0.35) and rec.node_hours is None
 
 
 def test_missing_files_tolerated(tmp_path: Path) -> None:
     folder = tmp_path / "runs" / "multiclass-swin-bare"
     folder.mkdir(parents=True)
-    (folder / "state.json").write_text(json.dumps({"state": "PENDING", "kind": "multiclass",
-                                                   "backbone": "swin"}))
+    atomic_write_json(folder / "state.json",
+                      dump(State(state="PENDING", kind="multiclass", backbone="swin")))
     rec = load_run(folder)
     assert rec.source is None and rec.miou is None and rec.backbone == "swin"
     assert any("spec.yaml" in w for w in rec.warnings)

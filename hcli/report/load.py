@@ -2,7 +2,8 @@
 
 A run may be complete (results.json), still running (only metrics.jsonl / progress.json), failed,
 or missing files; every case gives a `RunRecord`, with what could not be read listed in
-`warnings`. The layout is the contract in docs/run-folder.md.
+`warnings`. Every file is read through its model in `hcli.contract` (the models the job writes
+through), so a field the job renames fails the contract tests rather than reading as missing.
 """
 
 from __future__ import annotations
@@ -13,11 +14,25 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from hcli.classes import CLASS_NAMES
+from hcli.contract import (
+    EventLine,
+    MetricsLine,
+    MulticlassResults,
+    Progress,
+    Results,
+    State,
+    TrainLine,
+    ValLine,
+    compute_from_state,
+    parse_metrics_line,
+    results_model,
+)
 from hcli.errors import UserError
 from hcli.identity import KIND_SECTIONS, OPTIONAL_SECTIONS, execution_only_keys
 
@@ -181,51 +196,72 @@ def _time(value: Any) -> datetime | None:
         return None
 
 
-def _read_metrics(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
+def _read_model(path: Path, model: type[BaseModel], warnings: list[str]) -> Any:
+    """The file as its contract model; None when missing, or unreadable (with a warning)."""
+    raw = _read_json(path, warnings)
+    if raw is None:
+        return None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        warnings.append(f"{path.name} does not match the contract ({where}: {err['msg']}); "
+                        "ignored")
+        return None
+
+
+def _read_metrics(path: Path, warnings: list[str]) -> list[MetricsLine]:
     try:
         text = path.read_text()
     except FileNotFoundError:
         return []
-    lines: list[dict[str, Any]] = []
+    lines: list[MetricsLine] = []
     bad = 0
     for raw in text.splitlines():
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
+            line = parse_metrics_line(json.loads(raw))
         except json.JSONDecodeError:
-            bad += 1  # a line being appended while we read, or a crash mid-write
+            line = None  # a line being appended while we read, or a crash mid-write
+        if line is None:
+            bad += 1
             continue
-        if isinstance(obj, dict):
-            lines.append(obj)
+        lines.append(line)
     if bad:
         warnings.append(f"metrics.jsonl: {bad} unparseable line(s) skipped")
     return lines
 
 
-def _last_per_step(lines: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+_Line = TypeVar("_Line", TrainLine, ValLine)
+
+
+def _last_per_step(lines: list[MetricsLine], kind: type[_Line]) -> list[_Line]:
     """After a resume, steps may appear twice; the contract says keep the last one."""
-    by_step: dict[int, dict[str, Any]] = {}
+    by_step: dict[int, _Line] = {}
     for line in lines:
-        if line.get("split") == split and "event" not in line and isinstance(line.get("step"), int):
-            by_step[line["step"]] = line
+        if isinstance(line, kind):
+            by_step[line.step] = line
     return [by_step[s] for s in sorted(by_step)]
 
 
 def _node_hours_from_timestamps(
-    lines: list[dict[str, Any]], state: dict[str, Any], progress: dict[str, Any], nodes: int
+    lines: list[MetricsLine], state: State, progress: Progress, nodes: int
 ) -> float | None:
     """Sum of active spans: the log is cut where a job was requeued or a new job submitted.
 
     A lower bound: the start-up before a job's first log line and queue time are not counted.
+    The fallback for runs whose state.json records no executions (written before it did).
     """
-    submits = sorted(t for j in state.get("jobs") or [] if (t := _time(j.get("submitted_at"))))
+    submits = sorted(t for j in state.jobs if (t := _time(j.submitted_at)))
     spans: list[list[datetime]] = [[]]
     next_submit = 1  # the first submission opens the first span
-    events = [(line, _time(line.get("time"))) for line in lines]
-    beat = _time(progress.get("heartbeat"))
+    events: list[tuple[MetricsLine | None, datetime | None]] = [
+        (line, _time(line.time)) for line in lines]
+    beat = _time(progress.heartbeat)
     if beat is not None:
-        events.append(({}, beat))
+        events.append((None, beat))
     for line, t in events:
         if t is None:
             continue
@@ -234,12 +270,21 @@ def _node_hours_from_timestamps(
             if spans[-1]:
                 spans.append([])
         spans[-1].append(t)
-        if line.get("event") == "requeued":
+        if isinstance(line, EventLine) and line.event == "requeued":
             spans.append([])
     seconds = sum((max(s) - min(s)).total_seconds() for s in spans if len(s) > 1)
     if not any(len(s) > 1 for s in spans):
         return None
     return seconds / 3600.0 * nodes
+
+
+def _node_hours_from_state(state: State, progress: Progress) -> float | None:
+    """The job's own accounts of its executions (state.json), for a run without results: the
+    newest execution, if still open, counts up to the last heartbeat (never to the time collect
+    runs, so two collects agree)."""
+    if not any(j.starts for j in state.jobs):
+        return None
+    return compute_from_state(state, now=progress.heartbeat).node_hours
 
 
 def _samples(folder: Path) -> list[tuple[str, Path, Path, Path]]:
@@ -257,10 +302,6 @@ def _samples(folder: Path) -> list[tuple[str, Path, Path, Path]]:
     return found
 
 
-def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def load_run(folder: Path) -> RunRecord:
     """Read one run folder; never raises for a damaged folder, lists what was wrong instead."""
     folder = Path(folder)
@@ -273,27 +314,31 @@ def load_run(folder: Path) -> RunRecord:
         warnings.append("spec.yaml missing: kind, backbone and fold taken from other files")
     except (OSError, yaml.YAMLError):
         warnings.append("spec.yaml unreadable; ignored")
-    state = _read_json(folder / "state.json", warnings)
+    state = _read_model(folder / "state.json", State, warnings)
     if state is None:
         warnings.append("state.json missing or unreadable: state UNKNOWN")
-    state = state if isinstance(state, dict) else {}
-    progress = _read_json(folder / "progress.json", warnings)
-    progress = progress if isinstance(progress, dict) else {}
-    results = _read_json(folder / "results.json", warnings)
-    results = results if isinstance(results, dict) else None
+        state = State()
+    progress = _read_model(folder / "progress.json", Progress, warnings) or Progress()
+    raw_results = _read_json(folder / "results.json", warnings)
+    kind_hint = state.kind or spec.get("kind") or (raw_results or {}).get("kind")
+    results: Results | None = _read_model(
+        folder / "results.json", results_model(str(kind_hint)), warnings
+    ) if isinstance(raw_results, dict) else None
     lines = _read_metrics(folder / "metrics.jsonl", warnings)
     flat = flatten(spec)
     data, model = spec.get("data") or {}, spec.get("model") or {}
-    res = results or {}
+    # Figures of the multiclass results model; another kind's results leave them unset.
+    res = results if isinstance(results, MulticlassResults) else None
 
-    kind = state.get("kind") or spec.get("kind") or res.get("kind") or "?"
-    backbone = state.get("backbone") or res.get("backbone") or _short(model.get("backbone")) or "?"
+    kind = state.kind or spec.get("kind") or (results.kind if results else None) or "?"
+    backbone = (state.backbone or (results.backbone if results else None)
+                or _short(model.get("backbone")) or "?")
     rec = RunRecord(
         path=folder.resolve(), run_id=folder.name, kind=str(kind), backbone=str(backbone),
-        state=str(state.get("state") or "UNKNOWN"), spec=spec, flat=flat,
-        protocol=data.get("protocol", res.get("protocol")),
-        fold=data.get("fold", res.get("fold")),
-        seed=spec.get("seed"), held_out=res.get("held_out"), warnings=warnings,
+        state=state.state, spec=spec, flat=flat,
+        protocol=data.get("protocol", res.protocol if res else None),
+        fold=data.get("fold", res.fold if res else None),
+        seed=spec.get("seed"), held_out=res.held_out if res else None, warnings=warnings,
     )
 
     # A run without a readable spec still groups by what the other files say.
@@ -302,75 +347,72 @@ def load_run(folder: Path) -> RunRecord:
                        ("seed", rec.seed)):
         flat.setdefault(key, value)
 
-    train = _last_per_step(lines, "train")
-    val = _last_per_step(lines, "val")
-    rec.train_curve = [(x["step"], float(x["loss"])) for x in train
-                       if _num(x.get("loss")) is not None]
-    rec.val_curve = [(x["step"], float(x["miou"])) for x in val if _num(x.get("miou")) is not None]
+    train = _last_per_step(lines, TrainLine)
+    val = _last_per_step(lines, ValLine)
+    rec.train_curve = [(x.step, x.loss) for x in train if x.loss is not None]
+    rec.val_curve = [(x.step, x.miou) for x in val if x.miou is not None]
 
     if rec.val_curve:
         best = max(rec.val_curve, key=lambda sv: (sv[1], -sv[0]))
         rec.best_val_step, rec.best_val_miou = best
         rec.last_val_miou = rec.val_curve[-1][1]
-    elif _num(progress.get("best_val_miou")) is not None:
-        rec.best_val_miou = float(progress["best_val_miou"])
-        rec.best_val_step = progress.get("best_step")
-        rec.last_val_miou = _num((progress.get("latest") or {}).get("val_miou"))
-    val_res = res.get("val") or {}
-    if _num(val_res.get("best_miou")) is not None:
-        rec.best_val_miou = float(val_res["best_miou"])
-        rec.best_val_step = val_res.get("best_step", rec.best_val_step)
-    if _num(val_res.get("last_miou")) is not None:
-        rec.last_val_miou = float(val_res["last_miou"])
+    elif progress.best_val_miou is not None:
+        rec.best_val_miou = progress.best_val_miou
+        rec.best_val_step = progress.best_step
+        rec.last_val_miou = progress.latest.get("val_miou")
+    if res is not None and res.val.best_miou is not None:
+        rec.best_val_miou = res.val.best_miou
+        rec.best_val_step = res.val.best_step if res.val.best_step is not None \
+            else rec.best_val_step
+    if res is not None and res.val.last_miou is not None:
+        rec.last_val_miou = res.val.last_miou
 
-    steps = [x["step"] for x in lines if isinstance(x.get("step"), int)]
-    if isinstance(progress.get("step"), int):
-        steps.append(progress["step"])
-    rec.step = max(steps) if steps else res.get("step")
-    rec.total_steps = progress.get("total_steps") or (spec.get("train") or {}).get("steps")
+    steps = [x.step for x in lines]
+    if progress.step or progress.total_steps:
+        steps.append(progress.step)
+    rec.step = max(steps) if steps else (res.step if res else None)
+    rec.total_steps = progress.total_steps or (spec.get("train") or {}).get("steps")
 
     if results is not None:
         rec.source = "test"
-        rec.miou = _num(res.get("miou"))
-        rec.binary_miou = _num(res.get("binary_miou"))
-        rec.coarse_miou = _num(res.get("coarse_miou"))
-        rec.rare_miou = _num(res.get("rare_miou"))
-        rec.per_class_iou = dict(res.get("per_class_iou") or {})
-        rec.confusion = res.get("confusion")
-        rec.class_names = list(res.get("class_names") or CLASS_NAMES)
-        rec.rare_classes = list(res.get("rare_classes") or [])
-    elif val:
+    if res is not None:
+        rec.miou = res.miou
+        rec.binary_miou = res.binary_miou
+        rec.coarse_miou = res.coarse_miou
+        rec.rare_miou = res.rare_miou
+        rec.per_class_iou = dict(res.per_class_iou)
+        rec.confusion = res.confusion
+        rec.class_names = list(res.class_names or CLASS_NAMES)
+        rec.rare_classes = list(res.rare_classes)
+    elif results is None and val:
         # In progress (or stopped early): the last validation stands in for the final figures.
         last = val[-1]
         rec.source = "val"
-        rec.miou = _num(last.get("miou"))
-        rec.binary_miou = _num(last.get("binary_miou"))
-        rec.coarse_miou = _num(last.get("coarse_miou"))
-        rec.rare_miou = _num(last.get("rare_miou"))
-        rec.per_class_iou = dict(last.get("per_class_iou") or {})
-        rec.confusion = last.get("confusion")
-        rec.rare_classes = list(last.get("rare_classes") or [])
-    elif rec.last_val_miou is not None:
+        rec.miou = last.miou
+        rec.binary_miou = last.binary_miou
+        rec.coarse_miou = last.coarse_miou
+        rec.rare_miou = last.rare_miou
+        rec.per_class_iou = dict(last.per_class_iou)
+    elif results is None and rec.last_val_miou is not None:
         rec.source = "val"
         rec.miou = rec.last_val_miou
     if rec.source is None and rec.state == "COMPLETED":
         warnings.append("state COMPLETED but no results.json and no validation lines")
 
-    requeues = state.get("requeues") or []
-    rec.restarts = int(state.get("restarts") or len(requeues) or
-                       (res.get("compute") or {}).get("restarts") or 0)
-    steps_rq = {x["step"] for x in lines
-                if x.get("event") == "requeued" and isinstance(x.get("step"), int)}
-    steps_rq |= {r["step"] for r in requeues
-                 if isinstance(r, dict) and isinstance(r.get("step"), int)}
+    compute = res.compute if res is not None else None
+    rec.restarts = int(state.restarts or len(state.requeues) or
+                       (compute.restarts if compute else 0))
+    steps_rq = {x.step for x in lines if isinstance(x, EventLine) and x.event == "requeued"}
+    steps_rq |= {r.step for r in state.requeues if r.step is not None}
     rec.requeue_steps = sorted(steps_rq)
 
-    compute = res.get("compute") or {}
-    if _num(compute.get("node_hours")) is not None:
-        rec.node_hours, rec.node_hours_source = float(compute["node_hours"]), "results"
+    if compute is not None and compute.node_hours is not None:
+        rec.node_hours, rec.node_hours_source = compute.node_hours, "results"
+    elif (from_state := _node_hours_from_state(state, progress)) is not None:
+        rec.node_hours, rec.node_hours_source = from_state, "state"
     else:
         nodes = int((spec.get("slurm") or {}).get("nodes") or 1)
-        if state.get("executor") not in (None, "slurm"):
+        if state.executor not in (None, "slurm"):
             nodes = 1
         rec.node_hours = _node_hours_from_timestamps(lines, state, progress, nodes)
         rec.node_hours_source = "timestamps" if rec.node_hours is not None else None

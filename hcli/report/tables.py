@@ -207,8 +207,9 @@ def runs_table(records: list[RunRecord]) -> Table:
         })
     note = (
         "IoU in %. `from`: test = results.json; last val = the run has no results yet and its "
-        "latest validation stands in. node-h from results.json, else from log timestamps "
-        "(a lower bound)."
+        "latest validation stands in. node-h: every execution of the run (requeues "
+        "included), from results.json, else from the executions state.json records, else "
+        "from log timestamps (a lower bound)."
     )
     return Table("runs", "Runs", cols, rows, note)
 
