@@ -184,7 +184,7 @@ class ValLine(_Model):
     per_class_iou: dict[str, float | None] = Field(default_factory=dict)
 
 
-EventName = Literal["started", "requeued", "resumed", "stopped", "early_stop", "checkpoint"]
+EventName = Literal["requeued", "resumed", "stopped", "early_stop", "checkpoint"]
 
 
 class EventLine(_Model):

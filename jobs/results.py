@@ -17,15 +17,18 @@ def write_results(
 ) -> dict[str, Any]:
     """Write `payload` as the run's results.json and return what was written.
 
-    `payload["compute"]`, if given, is replaced by the accounts of state.json: wall seconds,
-    node-hours and GPU-hours per execution and in total, the current execution counted up to
-    now. Every field of the kind's results model must be in the payload (ValueError naming the
+    `payload["kind"]` picks the results model (`hcli.contract.RESULTS_MODELS`). For a model
+    with `compute`, `payload["compute"]`, if given, is replaced by the accounts of state.json:
+    wall seconds, node-hours and GPU-hours per execution and in total, the current execution
+    counted up to now. Every field of the model must be in the payload (ValueError naming the
     missing ones otherwise): a field the writer forgets would otherwise read as a default.
     """
-    state = State.model_validate(run.state())
-    compute = compute_from_state(state, now=now_iso(), device=device, world_size=world_size)
-    full = {**payload, "compute": dump(compute)}
     model = results_model(str(payload.get("kind")))
+    full = dict(payload)
+    if "compute" in model.model_fields:
+        state = State.model_validate(run.state())
+        compute = compute_from_state(state, now=now_iso(), device=device, world_size=world_size)
+        full["compute"] = dump(compute)
     require_complete(model, full)
     results = dump(model.model_validate(full))
     atomic_write_json(run.path / "results.json", results)

@@ -285,6 +285,15 @@ def test_write_results_refuses_unknown_fields(run: Run) -> None:
     assert not (run.path / "results.json").exists()
 
 
+def test_probe_results_have_no_compute(run: Run) -> None:
+    from jobs.results import write_results
+
+    out = write_results(run, {"run_id": run.run_id, "kind": "probe", "backbone": None,
+                              "probe": {"hostname": "n1"}}, device="cpu", world_size=1)
+    assert out == {"run_id": run.run_id, "kind": "probe", "backbone": None,
+                   "probe": {"hostname": "n1"}}
+
+
 def test_job_record_has_one_builder(run: Run) -> None:
     from jobs.runtime import _mark_running
 
