@@ -41,6 +41,7 @@ __all__ = [
     "ValLine",
     "ValSummary",
     "check_metrics_line",
+    "check_progress",
     "compute_from_state",
     "dump",
     "parse_metrics_line",
@@ -147,6 +148,8 @@ class State(_Model):
 
 
 class Progress(_Model):
+    """progress.json; a kind may add numbers of its own (e.g. `best_val_loss`) beside these."""
+
     step: int = 0
     total_steps: int | None = None
     epoch: int = 0
@@ -217,6 +220,12 @@ def parse_metrics_line(obj: Any) -> MetricsLine | None:
         return model.model_validate(obj)
     except ValidationError:
         return None
+
+
+def check_progress(progress: Progress) -> dict[str, Any]:
+    """progress.json ready to write: extra fields only as numbers."""
+    _refuse_extra(progress, "Progress", numeric_extras=True)
+    return progress.model_dump(mode="json")
 
 
 def check_metrics_line(line: MetricsLine) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from hcli.contract import (
     TrainLine,
     ValLine,
     check_metrics_line,
-    dump,
+    check_progress,
 )
 from hcli.fsutil import atomic_write_json
 
@@ -93,8 +93,8 @@ class ProgressWriter:
 
     def _write(self) -> None:
         with self._lock:
-            snapshot = Progress.model_validate(dict(self.state, heartbeat=_now()))
-        atomic_write_json(self.run_dir / "progress.json", dump(snapshot))
+            snapshot = check_progress(Progress.model_validate(dict(self.state, heartbeat=_now())))
+        atomic_write_json(self.run_dir / "progress.json", snapshot)
 
     def update(
         self, step: int, *, epoch: int | None = None, phase: str = "train", **latest: Any
@@ -114,6 +114,9 @@ class ProgressWriter:
 
     def note(self, **fields: Any) -> None:
         with self._lock:
+            # Checked here, in the caller's thread: a refusal in the heartbeat thread would
+            # silently stop the heartbeat and make the run look stale.
+            check_progress(Progress.model_validate(dict(self.state, **fields)))
             self.state.update(fields)
 
     def log(self, step: int, split: str, **metrics: Any) -> None:

@@ -317,6 +317,9 @@ def test_progress_writer_lines_through_the_contract(tmp_path: Path) -> None:
         pw.event(2, "requeud")
     with pytest.raises(ValueError, match="test"):
         pw.log(2, "test", miou=0.1)
+    with pytest.raises(ValueError, match="best_note"):
+        pw.note(best_note="text")  # refused in the caller's thread, not the heartbeat's
+    pw.note(best_val_loss=0.25)  # a kind's own number
     pw.update(3, loss=0.3)
     pw.close()
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -324,3 +327,4 @@ def test_progress_writer_lines_through_the_contract(tmp_path: Path) -> None:
     assert lines[0]["extra_fig"] == 2 and lines[0]["grad_norm"] is None
     progress = Progress.model_validate(json.loads((tmp_path / "progress.json").read_text()))
     assert progress.step == 3 and progress.phase == "done" and progress.latest == {"loss": 0.3}
+    assert progress.model_extra == {"best_val_loss": 0.25}
