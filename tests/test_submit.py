@@ -131,7 +131,10 @@ def test_probe_foreground_end_to_end(runs_dir, tmp_path):
     state = json.loads((run_dir / "state.json").read_text())
     assert state["state"] == "COMPLETED"
     probe = json.loads((run_dir / "results.json").read_text())["probe"]
-    assert probe["data"]["readable"] is True and probe["data"]["prepared"] is False
+    # The data root of the probe's spec (-o data.root), not the default data/artefact.
+    assert probe["data"] == {"path": str(data), "exists": True, "readable": True,
+                             "prepared": False}
+    assert "no prepared data at" in done.stdout and str(data) in done.stdout
     assert probe["runs_root"]["writable"] is True
     assert probe["cpu_count"] >= 1 and probe["torch"].startswith("2.")
     assert "hostname" in done.stdout

@@ -4,9 +4,9 @@ Errors raised on purpose (`hcli.errors.HcliError`) become one line on stderr and
 here, at the edge; `HCLI_DEBUG=1` shows the traceback instead. Heavy modules (pydantic specs,
 h5py, torch) are imported inside commands so `hcli --help` stays fast, and the Typer app itself
 (`hcli.cli._app`) is built only when needed: plain `hcli status` calls skip it
-(`hcli.cli._fast`). The command modules do not use `from __future__ import annotations`: typer
-would then `eval` every option's string annotation on each call (~20 ms of `hcli status`,
-benchmarks/bench_cli.py).
+(`hcli.cli._fast`), and so does `hcli --version`. The command modules do not use
+`from __future__ import annotations`: typer would then `eval` every option's string annotation
+on each call (~20 ms of `hcli status`, benchmarks/bench_cli.py).
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     from hcli.errors import HcliError
 
     args = sys.argv[1:] if argv is None else list(argv)
+    if args == ["--version"]:  # without typer: what scripts and bug reports ask first
+        from hcli import __version__
+
+        sys.stdout.write(f"hcli {__version__}\n")
+        return
     try:
         if not try_status(args):
             from hcli.cli._app import app

@@ -1,4 +1,4 @@
-"""Option aliases shared by the command modules, and output helpers."""
+"""Option aliases shared by the command modules, shell completion, and output helpers."""
 
 from pathlib import Path
 from typing import Annotated
@@ -7,7 +7,10 @@ import typer
 
 from hcli.cli._output import echo_err, print_json
 
-__all__ = ["RunsDir", "Json", "Overrides", "ConfigArg", "print_json", "echo_err"]
+__all__ = [
+    "RunsDir", "RunArg", "Json", "Overrides", "ConfigArg", "complete_run_id", "print_json",
+    "echo_err",
+]
 
 RunsDir = Annotated[
     Path | None,
@@ -32,4 +35,24 @@ ConfigArg = Annotated[
     typer.Option(
         "--config", "-c", help="YAML spec: a path or a name in configs/ (e.g. quickstart)."
     ),
+]
+
+
+def complete_run_id(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of a RUN argument: the run ids under the runs root that start with what
+    was typed. The root is the command's --runs-dir when already on the line, else as usual."""
+    from hcli.runs import iter_runs
+    from hcli.runs_dir import resolve_runs_dir
+
+    given = ctx.params.get("runs_dir")
+    try:
+        root = resolve_runs_dir(Path(given) if given else None)
+        return [r.run_id for r in iter_runs(root) if r.run_id.startswith(incomplete)]
+    except OSError:  # an unreadable root completes to nothing rather than a traceback
+        return []
+
+
+RunArg = Annotated[
+    str,
+    typer.Argument(help="Run id (or unique prefix, or path).", autocompletion=complete_run_id),
 ]

@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hcli.cli._common import ConfigArg, Json, Overrides, RunsDir, echo_err, print_json
+from hcli.cli._common import (
+    ConfigArg,
+    Json,
+    Overrides,
+    RunArg,
+    RunsDir,
+    complete_run_id,
+    echo_err,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -164,7 +173,7 @@ def _run_foreground(outcomes: list) -> None:
 
 
 def resume(
-    run: Annotated[str, typer.Argument(help="Run id (or unique prefix, or path).")],
+    run: RunArg,
     cluster: ClusterOpt = False,
     local: LocalOpt = False,
     foreground: ForegroundOpt = False,
@@ -236,7 +245,7 @@ def _status_table(rows: list[dict], root: Path) -> "Table":
 
 
 def logs(
-    run: Annotated[str, typer.Argument(help="Run id (or unique prefix, or path).")],
+    run: RunArg,
     err: Annotated[bool, typer.Option("--err", help="stderr instead of stdout.")] = False,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing as it grows.")
@@ -281,7 +290,7 @@ def _log_path(run, err: bool) -> Path | None:
 
 
 def cancel(
-    run: Annotated[str, typer.Argument(help="Run id (or unique prefix, or path).")],
+    run: RunArg,
     runs_dir: RunsDir = None,
 ) -> None:
     """Cancel a run's job; its checkpoints stay, and `hcli resume` continues it later."""
