@@ -132,3 +132,55 @@ def test_one_unknown_job_id_is_an_answer_not_an_error(tmp_path, monkeypatch):
                 squeue_err="slurm_load_jobs error: Invalid job id specified")
     _run(root, "a", "RUNNING", "400", 5)
     assert status_rows(root)[0]["state"] == "FAILED"
+
+
+def test_status_says_why_a_run_failed(tmp_path):
+    from hcli.runs import create_run
+    from hcli.spec import load_spec
+    from tests.conftest import run_cli
+
+    root = tmp_path / "runs"
+    spec = load_spec(None, kind="multiclass")
+    why = ("DataError: /data/artefact/manifest.json not found; prepare the data first: "
+           "hcli data prepare --source DIR --out /data/artefact")
+    failed = create_run(root, "multiclass-convnext-failed00", spec, snapshot=False)
+    failed.add_job("1234", "slurm")
+    failed.update_state(state="FAILED", message=why + "\n  (second line of the message)")
+    done = create_run(root, "multiclass-convnext-done0000", spec, snapshot=False)
+    done.update_state(state="COMPLETED", message="not a reason: completed runs show none")
+    env = {"PATH": "/nonexistent"}
+
+    piped = run_cli(["status", "--runs-dir", str(root)], env=env).stdout.splitlines()
+    assert piped[1].split()[-1] == "reason"
+    row = next(line for line in piped if line.startswith(failed.run_id))
+    # Not a terminal and no COLUMNS: the whole reason, on the run's one line.
+    assert row.endswith(why + " (second line of the message)")
+    assert "not a reason" not in "\n".join(piped)
+
+    narrow = run_cli(["status", "--runs-dir", str(root)], env={**env, "COLUMNS": "150"})
+    row = next(line for line in narrow.stdout.splitlines() if line.startswith(failed.run_id))
+    assert len(row) == 150 and row.endswith("…") and "DataError: /data" in row
+    # Narrower than the table itself: the reason keeps a readable start, the line wraps.
+    narrower = run_cli(["status", "--runs-dir", str(root)], env={**env, "COLUMNS": "60"})
+    row = next(line for line in narrower.stdout.splitlines() if line.startswith(failed.run_id))
+    assert row.endswith("  DataError: /data/artefa…")  # 24 characters at least
+
+    rows = json.loads(run_cli(["status", "--json", "--runs-dir", str(root)], env=env).stdout)
+    by_id = {r["run_id"]: r for r in rows}
+    assert by_id[failed.run_id]["reason"] == why + " (second line of the message)"
+    assert by_id[failed.run_id]["message"].startswith(why)  # as the job wrote it
+    assert by_id[done.run_id]["reason"] is None
+
+
+def test_a_run_that_died_unrecorded_gets_a_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _run(tmp_path, "gone", "RUNNING", f"local-{dead.pid}", 5)
+    _run(tmp_path, "silent", "RUNNING", "1234", 3600)
+    rows = {r["run_id"]: r for r in status_rows(tmp_path)}
+    assert rows["gone"]["state"] == "FAILED" and rows["gone"]["message"] is None
+    assert f"job local-{dead.pid} is gone" in rows["gone"]["reason"]
+    assert "hcli logs gone --err" in rows["gone"]["reason"]
+    assert rows["silent"]["state"] == "STALE"
+    assert "no heartbeat for 60 min" in rows["silent"]["reason"]

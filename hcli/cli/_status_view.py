@@ -247,6 +247,11 @@ def show_run(root: Path, ref: str, *, json_out: bool) -> None:
     parts.append(Text("metrics and checkpoints", style="bold"))
     parts.append(kv(facts))
     parts.append(Text("files", style="bold"))
-    parts.append(kv([(k, v) for k, v in d["paths"].items() if v]))
-    parts.append(kv([("next", Text(d["next"], style="bold cyan"))]))
-    Console(highlight=False, soft_wrap=False).print(Group(*parts))
+    console = Console(highlight=False)
+    console.print(Group(*parts))
+    # Paths and the next command whole, however narrow the terminal: they are copied and pasted.
+    paths = [(k, v) for k, v in d["paths"].items() if v]
+    width = max(len(k) for k, _ in paths)
+    for key, value in paths:
+        console.print(Text.assemble((key.ljust(width), "bold"), "  ", value), soft_wrap=True)
+    console.print(Text.assemble(("next", "bold"), "  ", (d["next"], "bold cyan")), soft_wrap=True)

@@ -32,6 +32,14 @@ LocalOpt = Annotated[bool, typer.Option("--local", help="Run on this machine (ba
 ForegroundOpt = Annotated[
     bool, typer.Option("--foreground", help="Local, in this process (tests, the demo).")
 ]
+SkipChecksOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-checks",
+        help="Queue without checking data, init_from, container and weights here "
+        "(e.g. data visible only from the nodes); the job checks at its start.",
+    ),
+]
 
 
 def _mode(cluster: bool, local: bool, foreground: bool) -> "Mode":
@@ -60,6 +68,32 @@ def _split_csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+def _check_before_queueing(
+    planned: list, root: Path, *, slurm: bool, dry_run: bool, force: bool
+) -> None:
+    """Every run that would be queued passes `preflight` before any folder or job exists.
+
+    A dry run only warns: it is how specs are written, often on a laptop without the data.
+    """
+    from hcli.errors import UserError
+    from hcli.fsutil import read_json
+    from hcli.launch._checks import preflight
+    from hcli.runs import ACTIVE_STATES
+
+    for p in planned:
+        state = (read_json(root / p.run_id / "state.json") or {}).get("state")
+        if state in ACTIVE_STATES or (state == "COMPLETED" and not force):
+            continue  # nothing will be queued for it (submit_runs says why)
+        try:
+            preflight(p.spec, root, slurm=slurm)
+        except UserError as exc:
+            if not dry_run:
+                if len(planned) > 1:  # say which run of the sweep; nothing of it is queued
+                    raise type(exc)(f"{p.run_id}: {exc}") from None
+                raise
+            echo_err(f"warning: {p.run_id} would not be queued: {exc}")
+
+
 def submit(
     kind: Annotated[str, typer.Argument(help="probe | multiclass (later: mae, meta, adapt)")],
     config: ConfigArg = None,
@@ -86,12 +120,14 @@ def submit(
     max_parallel: Annotated[
         int | None, typer.Option("--max-parallel", min=1, help="Array/sweep parallelism cap (%N).")
     ] = None,
+    skip_checks: SkipChecksOpt = False,
     runs_dir: RunsDir = None,
 ) -> None:
     """Submit a run (or a sweep: --backbone a,b and -o key=v1,v2 expand into a job array).
 
     Idempotent: a run that already exists and is queued, running or completed is not submitted
-    again. Returns at once for --cluster and --local.
+    again. Returns at once for --cluster and --local. The data, init_from, container and
+    weights are checked before anything is queued (a dry run shows failed checks as warnings).
     """
     from hcli.errors import UserError
     from hcli.launch import plan_runs, submit_runs
@@ -106,10 +142,14 @@ def submit(
             f"runnable kinds: {', '.join(IMPLEMENTED_KINDS)}"
         )
     root = resolve_runs_dir(runs_dir)
+    if skip_checks:
+        # Into the spec (execution-only: the run id stays), so the job knows to check at start.
+        override = [*(override or []), "slurm.skip_checks=true"]
     planned = plan_runs(kind, config=config, backbones=_split_csv(backbone), overrides=override)
     mode: Mode = (
         "slurm" if dry_run and not (local or foreground) else _mode(cluster, local, foreground)
     )
+    _check_before_queueing(planned, root, slurm=mode == "slurm", dry_run=dry_run, force=force)
     outcomes = submit_runs(
         planned,
         root,
@@ -177,15 +217,24 @@ def resume(
     cluster: ClusterOpt = False,
     local: LocalOpt = False,
     foreground: ForegroundOpt = False,
+    skip_checks: SkipChecksOpt = False,
     runs_dir: RunsDir = None,
 ) -> None:
-    """Continue a stopped, failed or cancelled run from its newest complete checkpoint."""
+    """Continue a stopped, failed or cancelled run from its newest complete checkpoint.
+
+    Checks its data, init_from, container and weights first, as `hcli submit` does.
+    """
     from hcli.launch import resume_run
+    from hcli.launch._checks import preflight
     from hcli.runs import find_run, resolve_runs_dir
 
     root = resolve_runs_dir(runs_dir)
     found = find_run(root, run)  # an unknown run is the first thing to say
     mode = _mode(cluster, local, foreground)
+    # A completed run is refused by resume_run with its own message; the job checks again at
+    # its start whatever is skipped here (spec.yaml is left as it was submitted).
+    if not skip_checks and found.state().get("state") != "COMPLETED":
+        preflight(found.spec(), root, slurm=mode == "slurm")
     outcome = resume_run(root, str(found.path), mode=mode)
     typer.echo(f"{outcome.run_id}: resumed as job {outcome.job_id}")
     if mode == "foreground":
@@ -193,6 +242,14 @@ def resume(
 
 
 def status(
+    run: Annotated[
+        str | None,
+        typer.Argument(
+            help="One run in detail: id, unique prefix or path.",
+            show_default=False,
+            autocompletion=complete_run_id,
+        ),
+    ] = None,
     json_out: Json = False,
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Refresh every 5 s until Ctrl-C.")
@@ -201,13 +258,22 @@ def status(
     state: Annotated[str | None, typer.Option("--state", help="Only runs in this state.")] = None,
     runs_dir: RunsDir = None,
 ) -> None:
-    """Every run with its state, job, restarts, progress, latest metric, ETA and heartbeat age."""
+    """Every run with its state, job, restarts, progress, latest metric, ETA, heartbeat age and,
+    for failed, cancelled, stale and requeued runs, why. With RUN: that run in detail (jobs,
+    node-hours, requeues, checkpoints, metrics, files, and the command that continues it)."""
     # `hcli.cli._fast` answers the common forms of this command without typer; what it does
-    # not take (`--watch`, `--help`, anything unusual) comes here.
-    from hcli.cli._status_view import show
+    # not take (`--watch`, `--help`, a RUN, anything unusual) comes here.
+    from hcli.cli._status_view import show, show_run
     from hcli.runs import resolve_runs_dir
 
     root = resolve_runs_dir(runs_dir)
+    if run is not None:
+        from hcli.errors import UserError
+
+        if watch or kind or state:
+            raise UserError("with a RUN, --watch, --kind and --state do not apply; drop them")
+        show_run(root, run, json_out=json_out)
+        return
     if json_out or not watch:
         show(root, kind=kind, state=state, json_out=json_out)
         return
@@ -276,17 +342,11 @@ def logs(
 
 
 def _log_path(run, err: bool) -> Path | None:
-    state = run.state()
-    jobs = state.get("jobs") or []
-    job = jobs[-1] if jobs else {}
-    key = "stderr" if err else "stdout"
-    candidates = []
-    if job.get(key):
-        candidates.append(Path(job[key]))
-    jid = job.get("job_id", "")
-    suffix = "err" if err else "out"
-    candidates += [run.logs / f"{jid}_0_log.{suffix}", run.logs / f"job.{suffix}"]
-    return next((p for p in candidates if p.is_file()), None)
+    from hcli.status import log_files
+
+    jobs = run.state().get("jobs") or []
+    found = log_files(run.logs, jobs[-1] if jobs else {})["stderr" if err else "stdout"]
+    return Path(found) if found else None
 
 
 def cancel(
