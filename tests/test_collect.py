@@ -454,6 +454,7 @@ def test_requeued_run_counts_both_executions_and_marks_the_curve(tmp_path: Path)
     assert rec.node_hours_source == "results"
     assert rec.node_hours == pytest.approx(2 * (30 + 20) / 60, abs=1e-4)  # rounded to 4 places
     assert rec.last_val_miou == pytest.approx(0.4) and rec.requeue_steps == [150]
+    assert rec.wall_s == 3000.0 and rec.gpu_hours == 0.0  # CPU run: no GPU-hours
     out = collect([run.path], tmp_path / "rep", {"md"}, None)
     assert _row(_table(out, "runs"), run_id=run.run_id)["node_hours"] == pytest.approx(
         50 / 60 * 2, abs=1e-4)

@@ -99,6 +99,8 @@ class RunRecord:
     total_steps: int | None = None
     node_hours: float | None = None
     node_hours_source: str | None = None
+    gpu_hours: float | None = None
+    wall_s: float | None = None
     restarts: int = 0
     requeue_steps: list[int] = field(default_factory=list)
     train_curve: list[tuple[int, float]] = field(default_factory=list)
@@ -138,7 +140,8 @@ class RunRecord:
             "best_val_miou": self.best_val_miou, "best_val_step": self.best_val_step,
             "last_val_miou": self.last_val_miou, "step": self.step,
             "total_steps": self.total_steps, "node_hours": self.node_hours,
-            "node_hours_source": self.node_hours_source, "restarts": self.restarts,
+            "node_hours_source": self.node_hours_source, "gpu_hours": self.gpu_hours,
+            "wall_s": self.wall_s, "restarts": self.restarts,
             "requeue_steps": self.requeue_steps, "warnings": self.warnings,
         }
 
@@ -406,6 +409,8 @@ def load_run(folder: Path) -> RunRecord:
     steps_rq |= {r.step for r in state.requeues if r.step is not None}
     rec.requeue_steps = sorted(steps_rq)
 
+    if compute is not None:
+        rec.gpu_hours, rec.wall_s = compute.gpu_hours, compute.wall_s
     if compute is not None and compute.node_hours is not None:
         rec.node_hours, rec.node_hours_source = compute.node_hours, "results"
     elif (from_state := _node_hours_from_state(state, progress)) is not None:
