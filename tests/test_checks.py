@@ -194,3 +194,18 @@ def test_probe_needs_no_data(tmp_path):
     spec = resolve_paths(load_spec(None, kind="probe",
                                    overrides=[f"data.root={tmp_path / 'no-data'}"]))
     preflight(spec, tmp_path / "runs")
+
+
+def test_init_from_a_run_that_trained_on_the_test_images(tmp_path, synth_data):
+    runs = tmp_path / "runs"
+    source = create_run(runs, "multiclass-convnext-22222222", _spec(tmp_path, synth_data),
+                        snapshot=False)
+    (source.checkpoints / "best.pt").write_bytes(b"x")
+    source.update_state(state="COMPLETED")
+    # Fold 1's test images are in fold 0's training set.
+    leaking = _spec(tmp_path, synth_data, "data.fold=1", f"model.init_from={source.run_id}")
+    with pytest.raises(UserError, match="test images"):
+        preflight(leaking, runs)
+    preflight(_spec(tmp_path, synth_data, "data.fold=1", "model.init_allow_test_overlap=true",
+                    f"model.init_from={source.run_id}"), runs)
+    preflight(_spec(tmp_path, synth_data, f"model.init_from={source.run_id}"), runs)

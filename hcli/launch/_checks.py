@@ -84,7 +84,6 @@ def _check_init_from(
     spec: Spec, manifest: Manifest, test_ids: list[str], runs_root: Path, *, on_node: bool
 ) -> None:
     """The rules of jobs/init_from.py, without loading the checkpoint."""
-    from hcli.data.splits import get_fold
     from hcli.runs import ACTIVE_STATES, find_run
 
     ref = spec.model.init_from
@@ -104,15 +103,10 @@ def _check_init_from(
     # by the time this run starts on its node they must exist.
     if not has_checkpoint and (on_node or run.state().get("state") not in ACTIVE_STATES):
         raise SpecError(f"model.init_from={ref}: run {run.run_id} has no checkpoint yet")
-    if not spec.model.init_allow_test_overlap:
-        source = run.spec()
-        leaked = set(get_fold(manifest, source.data, source.seed).train) & set(test_ids)
-        if leaked:
-            raise SpecError(
-                f"model.init_from={ref} trained on {len(leaked)} of this run's test images "
-                f"(e.g. {sorted(leaked)[0]}); hold the same domain out in both runs, or set "
-                "model.init_allow_test_overlap=true to accept the leak"
-            )
+    # The job's own guard (torch-free): the whole init chain, from each run's provenance.json.
+    from jobs.provenance import check_init_leakage
+
+    check_init_leakage(spec, test_ids, runs_root, manifest)
 
 
 def _check_weights(spec: Spec, *, on_node: bool) -> None:
