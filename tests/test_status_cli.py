@@ -97,3 +97,8 @@ def test_table_colours_states_only_when_asked(runs: Path) -> None:
     assert "\x1b[32mCOMPLETED" in coloured and "\x1b[31mFAILED" in coloured
     assert [line.split()[0] for line in plain.splitlines()[2:]] == sorted(
         p.name for p in runs.iterdir())
+
+
+def test_one_run_in_detail_takes_the_typer_path(runs: Path) -> None:
+    assert not _fast.try_status(["status", "multiclass-swin-aaaa", "--runs-dir", str(runs)])
+    assert not _fast.try_status(["status", "--json", "multiclass-swin-aaaa"])

@@ -4,9 +4,10 @@ Importing typer and building the command tree is ~90 ms of the 200 ms `hcli stat
 over 500 runs on a 2-core machine (issue 5, benchmarks/bench_cli.py), so the plain forms of
 `hcli status` (any mix of --json, --kind, --state, --runs-dir) are parsed here and answered by
 the same function the Typer command calls (`hcli.cli._status_view.show`). Anything else —
-`--help`, `--watch`, an unknown or malformed option, a value that looks like an option — goes
-to Typer, which owns the command's definition, help and errors. An option added to the Typer
-command is therefore unknown here and simply takes the Typer path.
+`--help`, `--watch`, a RUN (`hcli status RUN`, one run in detail), an unknown or malformed
+option, a value that looks like an option — goes to Typer, which owns the command's definition,
+help and errors. An option added to the Typer command is therefore unknown here and simply takes
+the Typer path.
 """
 
 from pathlib import Path
