@@ -1,9 +1,9 @@
 """Loop efficiency: steps/s of the multiclass job's real loop vs a bare forward/backward/step.
 
-Candidate: `jobs.multiclass.train._Trainer.train()`, the loop the job runs, built on a real run
-folder from prepared HDF5 data (synthesized and prepared in a temporary folder by `hcli data
-synth` and `hcli data prepare`): the DataLoader, hierarchical targets, logging to metrics.jsonl,
-TensorBoard and progress.json, tqdm, the stop-flag check and a checkpoint every
+Candidate: `jobs.engine.Engine.train()` with the multiclass task, the loop the job runs, on a
+real run folder from prepared HDF5 data (synthesized and prepared in a temporary folder by
+`hcli data synth` and `hcli data prepare`): the DataLoader, hierarchical targets, logging to
+metrics.jsonl, TensorBoard and progress.json, tqdm, the stop-flag check and a checkpoint every
 `--ckpt-every` steps, written in the background. Validation is off during the timed window.
 
 Baseline, in the same process and run: a bare loop over the same batches held in memory
@@ -67,17 +67,18 @@ def prepare_data(base: Path, n: int = 24, size: int = 256) -> Path:
 
 
 def build_trainer(runs: Path, overrides: list[str], config: str | None = None) -> Any:
-    """A `_Trainer` on a fresh run folder, built the way the job entry point builds it."""
+    """The multiclass task's `Engine` on a fresh run folder, built as the job builds it."""
     from hcli.launch import plan_runs
     from hcli.runs import create_run
-    from jobs.multiclass.train import _Trainer
+    from jobs.engine import Engine
+    from jobs.multiclass.task import MulticlassTask
     from jobs.runtime import JobContext
     from jobs.signals import StopFlag
 
     planned = plan_runs("multiclass", config=config, overrides=overrides)[0]
     run = create_run(runs, planned.run_id, planned.spec, snapshot=False)
     ctx = JobContext(run=run, spec=run.spec(), job_id="bench", stop=StopFlag())
-    return _Trainer(ctx)
+    return Engine(ctx, MulticlassTask)
 
 
 def draw_batches(trainer: Any, n: int) -> tuple[list[tuple[Any, Any]], float]:
@@ -85,7 +86,7 @@ def draw_batches(trainer: Any, n: int) -> tuple[list[tuple[Any, Any]], float]:
     targets derived; and the time per batch (what the loop pays for data with 0 workers)."""
     import torch
 
-    spec, it = trainer.spec, iter(trainer.loader)
+    spec, it = trainer.spec, iter(trainer.feeds["train"].loader)
     out, t0 = [], time.perf_counter()
     for _ in range(n):
         batch = next(it)
@@ -112,7 +113,7 @@ class BareLoop:
         self.model.train()
         self.optimizer = build_optimizer(self.model, self.train_spec)
         self.scheduler = build_scheduler(self.optimizer, self.train_spec)
-        self.criterion = trainer.criterion
+        self.criterion = trainer.task.criterion
         self.batches = batches
         self.done = 0
         self.seconds = 0.0
@@ -144,19 +145,15 @@ def time_interleaved(trainer: Any, bare: BareLoop, warmup: int, block: int,
                      log: Path) -> dict[str, Any]:
     """Run the job's loop and, every `block` steps after `warmup`, `block` bare steps.
 
-    The clock reads at the end of every optimizer step of the job (one perf_counter call); the
+    The clock reads after every optimizer step of the job (its `after_step` hook); the
     bare block runs right there and its time is cut out of the job's interval, so the job's
     bookkeeping after that step (logging, checkpoint) still counts as the job's.
     """
     intervals: list[tuple[int, float]] = []  # (step the interval ends with, seconds)
     cpu: list[float] = []  # this process's CPU time (all its threads, not loader workers)
     last: list[float] = []
-    step_fn = trainer._optimizer_step
-
-    def stamped() -> Any:
-        out = step_fn()
+    def stamped(step: int) -> None:
         now, now_cpu = time.perf_counter(), time.process_time()
-        step = trainer.step + 1  # the loop increments after this call returns
         if last and step > warmup + 1:
             intervals.append((step, now - last[0]))
             cpu.append(now_cpu - last[1])
@@ -164,10 +161,9 @@ def time_interleaved(trainer: Any, bare: BareLoop, warmup: int, block: int,
         if step > warmup and step % block == block // 2:
             bare.run(block)
         last[:] = [time.perf_counter(), time.process_time()]
-        return out
 
     bare.run(warmup, timed=False)
-    trainer._optimizer_step = stamped
+    trainer.after_step.append(stamped)
     with open(log, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
         try:
             trainer.train()
@@ -224,7 +220,10 @@ def one_setting(data: Path, base: Path, workers: int, args: argparse.Namespace,
         trainer = build_trainer(base / name, [*overrides, f"seed={rep}"], args.config)
         batches, load_s = draw_batches(trainer, args.block * 4)
         if from_memory:
-            trainer.loader = _MemoryLoader(trainer.loader, args.block * 4)
+            from jobs.task import Feed
+
+            feed = trainer.feeds["train"]
+            trainer.feeds["train"] = Feed(_MemoryLoader(feed.loader, args.block * 4), feed.sampler)
         bare = BareLoop(trainer, batches)
         full = time_interleaved(trainer, bare, args.warmup, args.block, base / "job.log")
         full_rate = full["steps"] / full["seconds"]

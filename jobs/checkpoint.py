@@ -1,22 +1,20 @@
 """Training-state checkpoints: atomic, verified, the newest k kept, optionally written in the
-background, always readable with ``torch.load(weights_only=True)``.
+background, always readable with ``torch.load(weights_only=True)``, and bound to one experiment.
 
-The training state (built by the loop, one plain dict) holds::
+The training state (built by ``jobs.engine.Engine.state_dict``, one plain dict) holds::
 
     {
-        "step": int,                      # optimizer steps done (the checkpoint's name)
-        "epoch": int,                     # epoch the next step belongs to
         "model": model.state_dict(),      # the bare module: not the DDP wrapper (`.module`) and
                                           # not torch.compile's wrapper (`._orig_mod`)
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() | None,      # fp16 GradScaler
-        "sampler": {"epoch": int, "position": int, "seed": int},  # samples consumed this epoch
+        "scaler": scaler.state_dict(),    # GradScaler (disabled, and so empty, unless fp16 on GPU)
+        "train_state": TrainState.state_dict(),   # step, per-loader sampler positions
+                                          # {"train": {"epoch", "position", "seed"}}, best metric
+                                          # and its step, early-stopping counter, last metric
+        "task": task.state_dict(),        # what the kind adds (empty for multiclass)
         "rng": capture_rng_state(),       # Python, NumPy global, torch CPU (+ CUDA) generators
-        "best_metric": float | None,      # best validation mIoU so far
-        "best_step": int | None,
-        "early_stop_counter": int,        # validations without improvement
-        "spec_hash": str,                 # refuse to resume a different experiment
+        "identity": {"run_id": str, "spec_id": str},   # refuse another experiment's state
     }
 
 Everything above is made of tensors, ints, floats, bools, strings, None, lists, tuples and dicts,
@@ -28,12 +26,16 @@ applies it, so the loop does not have to.
 On disk (``RUN/checkpoints``)::
 
     step-00001200.pt        the state, written to a temp file in the same folder, fsynced, renamed
-    step-00001200.pt.done   completeness marker, JSON {"step", "size", "sha256"}, written last
+    step-00001200.pt.done   completeness marker, JSON {"step", "size", "sha256", "identity"},
+                            written last
 
 A checkpoint counts only when its marker exists and the file's size and sha256 match it
 (torchtitan's rule: valid only if its metadata exists; lingua's "done" marker). Resume takes the
 newest one that verifies and loads, and warns (`DamagedCheckpointWarning`) about each newer one
-it skips.
+it skips. The marker repeats the state's identity so that `hcli resume` can refuse a checkpoint of
+another experiment without importing torch (`hcli.ckpt_identity`); loading refuses it too
+(`CheckpointIdentityError`), because a damaged run folder must never silently continue someone
+else's training.
 """
 
 from __future__ import annotations
@@ -56,9 +58,11 @@ from typing import IO, Any, cast
 import numpy as np
 import torch
 
+from hcli.ckpt_identity import CheckpointIdentityError, identity_mismatch
 from hcli.fsutil import atomic_write_json, fsync_dir
 
 __all__ = [
+    "CheckpointIdentityError",
     "CheckpointManager",
     "DamagedCheckpointWarning",
     "capture_rng_state",
@@ -336,6 +340,7 @@ class CheckpointManager:
         rank: int = 0,
         reuse_buffers: bool = True,
         copy_threads: int = 2,
+        identity: Mapping[str, str] | None = None,
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
@@ -349,6 +354,8 @@ class CheckpointManager:
         self.copy_threads = max(1, copy_threads)
         self._pool: ThreadPoolExecutor | None = None
         self.last_blocked_s = 0.0  # time the last save() call kept the caller waiting
+        # {"run_id", "spec_id"} written into every marker and checked on every load.
+        self.identity = dict(identity) if identity else None
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -436,10 +443,12 @@ class CheckpointManager:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        atomic_write_json(
-            _marker(final),
-            {"step": step, "size": writer.size, "sha256": writer.sha256.hexdigest()},
-        )
+        marker: dict[str, Any] = {
+            "step": step, "size": writer.size, "sha256": writer.sha256.hexdigest()
+        }
+        if self.identity:
+            marker["identity"] = self.identity
+        atomic_write_json(_marker(final), marker)
         fsync_dir(self.directory)
         self._prune(step)
 
@@ -519,12 +528,20 @@ class CheckpointManager:
             self._warn(path, reason)
         return None
 
+    def _check_identity(self, path: Path) -> None:
+        if self.identity is None:
+            return
+        problem = identity_mismatch(_read_marker(path) or {}, self.identity, path)
+        if problem:
+            raise CheckpointIdentityError(problem)
+
     def load_latest(self, map_location: Any = "cpu") -> tuple[dict[str, Any], Path] | None:
         """Load the newest valid checkpoint with weights_only=True, skipping damaged ones."""
         self.wait()
         for _, path in self._steps():
             reason = self.verify(path)
             if reason is None:
+                self._check_identity(path)
                 try:
                     state = torch.load(path, map_location=map_location, weights_only=True)
                 except Exception as exc:  # noqa: BLE001 - any unreadable file means "skip it"

@@ -34,6 +34,7 @@ __all__ = [
     "cleanup",
     "is_distributed",
     "all_reduce_sum",
+    "average_gradients",
     "any_rank",
     "barrier",
     "broadcast_object",
@@ -158,6 +159,18 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def average_gradients(model: torch.nn.Module) -> None:
+    """Mean of every gradient over ranks, for tasks that run without the DDP wrapper (their
+    forward goes through functional copies of the weights, which DDP's hooks never see)."""
+    if not is_distributed():
+        return
+    world = dist.get_world_size()
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(world)
 
 
 def any_rank(flag: bool) -> bool:

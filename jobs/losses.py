@@ -19,6 +19,7 @@ Written here because torch has no multiclass focal/Dice loss and MONAI/smp are n
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -129,9 +130,8 @@ class SegLoss(nn.Module):
             targets = {"fine": targets}
         device = outputs["fine"].device.type
         with torch.autocast(device_type=device, enabled=False):
-            fine, fine_parts = self.head_loss(
-                outputs["fine"], targets["fine"].long(), self.class_weights
-            )
+            weights = cast(torch.Tensor | None, self.class_weights)  # a registered buffer or None
+            fine, fine_parts = self.head_loss(outputs["fine"], targets["fine"].long(), weights)
             parts = {"fine": fine.detach()}
             parts |= {f"fine_{k}": v.detach() for k, v in fine_parts.items()}
             total = fine

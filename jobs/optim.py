@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -23,8 +24,12 @@ def lr_factor(step: int, train: TrainSpec) -> float:
     return (1 - progress) ** train.poly_power
 
 
-def build_optimizer(model: torch.nn.Module, train: TrainSpec) -> torch.optim.Optimizer:
-    groups = model.param_groups(train.lr, train.encoder_lr_mult, train.weight_decay)  # type: ignore[operator]
+def build_optimizer(
+    model: torch.nn.Module, train: TrainSpec, groups: list[dict[str, Any]] | None = None
+) -> torch.optim.Optimizer:
+    """AdamW over `groups`, by default the segmenter's (encoder at a lower learning rate)."""
+    if groups is None:
+        groups = model.param_groups(train.lr, train.encoder_lr_mult, train.weight_decay)  # type: ignore[operator]
     return torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
 
 

@@ -9,7 +9,6 @@ So the save never happens inside a signal handler (Lightning #21406).
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import socket
@@ -25,13 +24,8 @@ from hcli.runs import Run, now_iso, run_lock
 from hcli.spec import Spec
 from jobs.progress import append_event
 
-__all__ = ["JobContext", "Outcome", "run_job", "current_job_id", "WORKLOADS"]
+__all__ = ["JobContext", "Outcome", "run_job", "current_job_id"]
 
-# kind -> "module:function"; later kinds (mae, meta, adapt) add a line here.
-WORKLOADS: dict[str, str] = {
-    "probe": "jobs.probe:run",
-    "multiclass": "jobs.multiclass.train:run",
-}
 
 
 @dataclass
@@ -136,10 +130,12 @@ def _mark_running(ctx: JobContext, hw: Hardware | None = None) -> None:
 
 
 def _load_workload(kind: str) -> Callable[[JobContext], Outcome]:
-    if kind not in WORKLOADS:
+    from hcli.kinds import get_kind, load_attr
+
+    workload = get_kind(kind).workload
+    if workload is None:
         raise NotImplementedError(f"kind {kind!r} has no workload yet")
-    module, _, func = WORKLOADS[kind].partition(":")
-    return getattr(importlib.import_module(module), func)
+    return load_attr(workload)
 
 
 def run_job(run_dir: Path) -> dict[str, Any]:
@@ -155,10 +151,18 @@ def run_job(run_dir: Path) -> dict[str, Any]:
     if ctx.is_main:
         _mark_running(ctx, hardware(dist.world_size))
     try:
+        # What `hcli submit` checked on the submitting machine, again where the job runs (a
+        # submission with --skip-checks checked nothing): same messages, before any work.
+        from hcli.launch._checks import preflight
+
+        preflight(spec, run.path.parent, on_node=True)
         outcome = _load_workload(spec.kind)(ctx)
     except BaseException as exc:
         if ctx.is_main:
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            from hcli.errors import UserError
+
+            said = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            reason = said.splitlines()[0][:500] if said else type(exc).__name__
             _update(run, ended=True, state="FAILED", message=reason)
         raise
     if not ctx.is_main:

@@ -15,13 +15,16 @@ import pytest
 import torch
 from torch import nn
 
+from hcli.ckpt_identity import check_run_checkpoints
 from jobs.checkpoint import (
+    CheckpointIdentityError,
     CheckpointManager,
     DamagedCheckpointWarning,
     capture_rng_state,
     restore_rng_state,
     to_weights_only_safe,
 )
+from jobs.task import TrainState
 
 
 def _build(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
@@ -47,13 +50,19 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, sched) -> float:
     return loss.item()
 
 
+IDENTITY = {"run_id": "multiclass-convnext-1a2b3c4d", "spec_id": "multiclass-convnext-1a2b3c4d"}
+
+
 def _state(model, opt, sched, step: int) -> dict:
+    """The layout jobs.engine.Engine.state_dict() saves (see jobs/checkpoint.py's docstring)."""
+    train_state = TrainState(step=step, samplers={"train": {"epoch": 0, "position": step * 4,
+                                                            "seed": 7}},
+                             best_metric=0.25, best_step=4, bad_validations=1)
     return {
-        "step": step, "epoch": 0, "model": model.state_dict(), "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(), "scaler": None,
-        "sampler": {"epoch": 0, "position": step * 4, "seed": 7},
-        "rng": capture_rng_state(), "best_metric": 0.25, "early_stop_counter": 1,
-        "spec_hash": "abc12345",
+        "model": model.state_dict(), "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(), "scaler": torch.amp.GradScaler("cuda", enabled=False)
+        .state_dict(), "train_state": train_state.state_dict(), "task": {},
+        "rng": capture_rng_state(), "identity": dict(IDENTITY),
     }
 
 
@@ -90,9 +99,11 @@ def test_resume_is_bitwise_identical(tmp_path: Path) -> None:
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     restore_rng_state(state["rng"])
-    assert state["sampler"] == {"epoch": 0, "position": 20, "seed": 7}
-    assert state["best_metric"] == 0.25 and state["spec_hash"] == "abc12345"
-    losses += [_step(model, opt, sched) for _ in range(total - state["step"])]
+    train_state = TrainState()
+    train_state.load_state_dict(state["train_state"])
+    assert train_state.samplers == {"train": {"epoch": 0, "position": 20, "seed": 7}}
+    assert train_state.best_metric == 0.25 and state["identity"] == IDENTITY
+    losses += [_step(model, opt, sched) for _ in range(total - train_state.step)]
 
     assert losses == losses_ref
     for k, v in model.state_dict().items():
@@ -286,3 +297,28 @@ def test_snapshot_follows_tensors_replaced_between_snapshots(tmp_path: Path) -> 
     for key in state:
         assert torch.equal(second[key], state[key].detach()), key
     mgr.close()
+
+
+def test_checkpoint_of_another_experiment_is_refused(tmp_path: Path) -> None:
+    model, opt, sched = _build()
+    CheckpointManager(tmp_path, keep=2, identity=IDENTITY).save(
+        _state(model, opt, sched, 3), 3, blocking=True
+    )
+    marker = json.loads((tmp_path / "step-00000003.pt.done").read_text())
+    assert marker["identity"] == IDENTITY
+    # The same run loads it; a run of another spec (or another folder) refuses, naming the file.
+    assert CheckpointManager(tmp_path, keep=2, identity=IDENTITY).load_latest() is not None
+    check_run_checkpoints(tmp_path, IDENTITY)
+    for other in ({**IDENTITY, "spec_id": "multiclass-convnext-99999999"},
+                  {**IDENTITY, "run_id": "multiclass-swin-00000000"}):
+        with pytest.raises(CheckpointIdentityError, match="step-00000003.pt.*another experiment"):
+            CheckpointManager(tmp_path, keep=2, identity=other).load_latest()
+        with pytest.raises(CheckpointIdentityError, match="another experiment"):
+            check_run_checkpoints(tmp_path, other)
+
+
+def test_checkpoint_without_identity_is_refused_by_a_run_that_expects_one(tmp_path: Path) -> None:
+    model, opt, sched = _build()
+    CheckpointManager(tmp_path, keep=2).save(_state(model, opt, sched, 2), 2, blocking=True)
+    with pytest.raises(CheckpointIdentityError, match="records no run identity"):
+        CheckpointManager(tmp_path, keep=2, identity=IDENTITY).load_latest()

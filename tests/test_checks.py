@@ -209,3 +209,17 @@ def test_init_from_a_run_that_trained_on_the_test_images(tmp_path, synth_data):
     preflight(_spec(tmp_path, synth_data, "data.fold=1", "model.init_allow_test_overlap=true",
                     f"model.init_from={source.run_id}"), runs)
     preflight(_spec(tmp_path, synth_data, f"model.init_from={source.run_id}"), runs)
+
+
+def test_skipped_checks_run_in_the_job_and_fail_with_the_same_message(tmp_path: Path):
+    runs = tmp_path / "runs"
+    missing = tmp_path / "nowhere"
+    args = ["submit", "multiclass", "--runs-dir", str(runs), "-o", f"data.root={missing}"]
+    refused = run_cli([*args, "--foreground"], check=False)
+    assert refused.returncode == 2 and not runs.exists()  # checked before queueing
+    failed = run_cli([*args, "--foreground", "--skip-checks"], check=False)
+    assert failed.returncode == 2, failed.stderr
+    (run,) = [p for p in runs.iterdir() if not p.name.startswith(".")]
+    state = json.loads((run / "state.json").read_text())
+    assert state["state"] == "FAILED"
+    assert state["message"] == refused.stderr.strip().removeprefix("error: ")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hcli.ckpt_identity import check_run_checkpoints, checkpoint_identity
 from hcli.errors import ClusterError, RunError, UserError
 from hcli.launch._local import start_background
 from hcli.launch._plan import PlannedRun
@@ -280,6 +281,8 @@ def resume_run(root: Path, ref: str, *, mode: Mode) -> SubmitOutcome:
                 f"(hcli cancel {run.run_id}) or wait for it"
             )
         spec = run.spec()
+        # Refused here, before anything is queued; the job refuses it again when it loads.
+        check_run_checkpoints(run.checkpoints, checkpoint_identity(run.path))
         run.update_state(state="PENDING", message=f"resumed at {now_iso()}")
         job_id, logs = _launch([PlannedRun(run.run_id, spec)], [run], root, mode, None, None)[0]
         run.add_job(job_id, mode if mode != "foreground" else "local", resumed=True, **logs)

@@ -55,7 +55,7 @@ def collate_crops(items: list[dict[str, Any]], lut: torch.Tensor | None = None) 
     worker, not in the training step."""
     from jobs.hierarchy import derive_targets
 
-    out = {
+    out: dict[str, Any] = {
         "image": torch.stack([it["image"] for it in items]),
         "mask": torch.stack([it["mask"] for it in items]),
         **{k: [it[k] for it in items] for k in items[0] if k not in ("image", "mask")},

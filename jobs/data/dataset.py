@@ -36,7 +36,8 @@ class DrawKey(NamedTuple):
     """What the sampler yields: dataset index, epoch, this rank's position in the epoch (for
     resuming) and the global draw number in the epoch (for seeding augmentation)."""
 
-    index: int
+    # `index` shadows tuple.index, which nobody calls on a DrawKey.
+    index: int  # type: ignore[assignment]
     epoch: int = 0
     position: int = 0
     draw: int = 0

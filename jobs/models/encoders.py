@@ -48,7 +48,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.body = body
         self.timm_name = timm_name
-        info = body.feature_info
+        info: Any = body.feature_info  # timm's FeatureInfo (a Tensor | Module to the type checker)
         strides = list(info.reduction())
         keep = [i for i, s in enumerate(strides) if s >= _MIN_STRIDE][-_MAX_LEVELS:]
         self.keep: list[int] = keep
@@ -67,7 +67,8 @@ class Encoder(nn.Module):
         return out
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.body.set_grad_checkpointing(enable)
+        body: Any = self.body
+        body.set_grad_checkpointing(enable)
 
 
 def build_encoder(
