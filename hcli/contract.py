@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hcli.runs import now_iso
 
 __all__ = [
-    "RESULTS_MODELS",
     "AttemptCompute",
     "Compute",
     "EventLine",
@@ -308,15 +307,15 @@ class ProbeResults(Results):
     probe: dict[str, Any] = Field(default_factory=dict)
 
 
-# kind -> its results model (moves to the registry of kinds once there is one).
-RESULTS_MODELS: dict[str, type[Results]] = {
-    "multiclass": MulticlassResults,
-    "probe": ProbeResults,
-}
-
-
 def results_model(kind: str) -> type[Results]:
-    return RESULTS_MODELS.get(kind, Results)
+    """The results model a kind declares in the registry (hcli/kinds), else the common part."""
+    from hcli.kinds import all_kinds, load_attr
+
+    info = all_kinds().get(kind)
+    if info is None or info.results_model is None:
+        return Results
+    model: type[Results] = load_attr(info.results_model)
+    return model
 
 
 def require_complete(model: type[BaseModel], payload: dict[str, Any], where: str = "") -> None:

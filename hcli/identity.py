@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from hcli.kinds import all_kinds
 from hcli.spec import SPEC_SCHEMA_VERSION, Spec
 
 __all__ = [
@@ -29,13 +30,10 @@ __all__ = [
     "run_id",
 ]
 
-# The sections a kind reads beyond data/model/train/loss; elsewhere they are inert defaults.
-KIND_SECTIONS: dict[str, tuple[str, ...]] = {
-    "mae": ("mae",),
-    "meta": ("meta",),
-    "adapt": ("meta", "adapt"),
-}
-OPTIONAL_SECTIONS = ("mae", "meta", "adapt")
+# The sections a kind reads beyond data/model/train/loss (declared in hcli/kinds); elsewhere
+# they are inert defaults.
+KIND_SECTIONS: dict[str, tuple[str, ...]] = {k.name: k.sections for k in all_kinds().values()}
+OPTIONAL_SECTIONS = tuple(dict.fromkeys(s for k in all_kinds().values() for s in k.sections))
 
 
 def _counts(model: type[BaseModel], field: str) -> bool:

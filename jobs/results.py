@@ -17,7 +17,7 @@ def write_results(
 ) -> dict[str, Any]:
     """Write `payload` as the run's results.json and return what was written.
 
-    `payload["kind"]` picks the results model (`hcli.contract.RESULTS_MODELS`). For a model
+    `payload["kind"]` picks the results model its kind declares (hcli/kinds). For a model
     with `compute`, `payload["compute"]`, if given, is replaced by the accounts of state.json:
     wall seconds, node-hours and GPU-hours per execution and in total, the current execution
     counted up to now. Every field of the model must be in the payload (ValueError naming the

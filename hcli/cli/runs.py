@@ -130,16 +130,16 @@ def submit(
     weights are checked before anything is queued (a dry run shows failed checks as warnings).
     """
     from hcli.errors import UserError
+    from hcli.kinds import all_kinds, implemented_kinds
     from hcli.launch import plan_runs, submit_runs
     from hcli.runs import resolve_runs_dir
-    from hcli.spec import IMPLEMENTED_KINDS, KINDS
 
-    if kind not in KINDS:
-        raise UserError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
-    if kind not in IMPLEMENTED_KINDS:
+    if kind not in all_kinds():
+        raise UserError(f"unknown kind {kind!r}; use one of {', '.join(all_kinds())}")
+    if kind not in implemented_kinds():
         raise UserError(
             f"kind {kind!r} is specified (`hcli spec show --kind {kind}`) but has no job yet; "
-            f"runnable kinds: {', '.join(IMPLEMENTED_KINDS)}"
+            f"runnable kinds: {', '.join(implemented_kinds())}"
         )
     root = resolve_runs_dir(runs_dir)
     if skip_checks:

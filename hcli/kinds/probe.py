@@ -6,6 +6,7 @@ KIND = KindInfo(
     name="probe",
     summary="check what a node offers before spending GPU hours",
     workload="jobs.probe:run",
+    results_model="hcli.contract:ProbeResults",
     metric="",
     collect_metrics=(),
     needs_data=False,

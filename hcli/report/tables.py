@@ -389,9 +389,10 @@ def domain_table(records: list[RunRecord], group_by: str = DEFAULT_GROUP_BY) -> 
         base = Stat.of(r.miou for r in runs if r.protocol == "kfold")
         base_from = "same config"
         if base is None:
+            # In-domain reference: runs of the same kind trained on ordinary k folds.
             base = Stat.of(r.miou for r in usable if r.protocol == "kfold" and r.kind ==
-                           "multiclass" and r.flat.get(group_by) == cfg.get(group_by))
-            base_from = "multiclass kfold"
+                           runs[0].kind and r.flat.get(group_by) == cfg.get(group_by))
+            base_from = f"{runs[0].kind} kfold"
         held = [r for r in runs if r.protocol not in (None, "kfold")]
         for protocol in sorted({str(r.protocol) for r in held}):
             cell = [r for r in held if r.protocol == protocol]

@@ -14,7 +14,6 @@ from hcli.spec._load import (
 )
 from hcli.spec._schema import (
     BACKBONES,
-    IMPLEMENTED_KINDS,
     KINDS,
     SPEC_SCHEMA_VERSION,
     AdaptSpec,
@@ -33,7 +32,6 @@ from hcli.spec._schema import (
 __all__ = [
     "BACKBONES",
     "CONFIGS_DIR",
-    "IMPLEMENTED_KINDS",
     "KINDS",
     "SPEC_SCHEMA_VERSION",
     "AdaptSpec",

@@ -19,7 +19,6 @@ __all__ = [
     "SPEC_SCHEMA_VERSION",
     "Kind",
     "KINDS",
-    "IMPLEMENTED_KINDS",
     "BACKBONES",
     "DataSpec",
     "ModelSpec",
@@ -40,7 +39,6 @@ SPEC_SCHEMA_VERSION = 1
 
 Kind = Literal["probe", "multiclass", "mae", "meta", "adapt"]
 KINDS: tuple[str, ...] = ("probe", "multiclass", "mae", "meta", "adapt")
-IMPLEMENTED_KINDS: tuple[str, ...] = ("probe", "multiclass")
 
 # Short names for the study's three encoder families. MaxViT and Swin are built for the crop
 # size (`img_size=`), so the timm name is resolved together with the crop (resolve_timm_name).
