@@ -237,6 +237,16 @@ def test_usr2_twice_requeues_twice_and_matches_uninterrupted_run(
     resumed = [r["checkpoint"] for r in _records(run) if r.get("event") == "resumed"]
     # Each attempt continued from the checkpoint the stop saved, not an older periodic one.
     assert resumed == [f"step-{first:08d}.pt", f"step-{second:08d}.pt"]
+    # The compute of all three executions is in the results, and the curve marks both requeues.
+    compute = json.loads((run / "results.json").read_text())["compute"]
+    executions = compute["attempts"]
+    assert len(executions) == 3 and compute["restarts"] == 2
+    assert all(e["job_id"] == job and e["end"] and e["wall_s"] > 0 for e in executions)
+    assert compute["wall_s"] == pytest.approx(sum(e["wall_s"] for e in executions), abs=0.5)
+    assert compute["node_hours"] == pytest.approx(compute["wall_s"] / 3600, rel=0.01)
+    from hcli.report.load import load_run
+
+    assert load_run(run).requeue_steps == [first, second]
     _assert_same_training(run, reference.run_dir())
 
 
