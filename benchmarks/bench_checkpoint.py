@@ -4,7 +4,7 @@ convnext_tiny (timm, random init) with AdamW state after one step: the training 
 multiclass job. Baseline, measured in the same run on the same disk: a plain synchronous
 ``torch.save`` of that state. Candidate: ``CheckpointManager.save(blocking=False)`` called at a
 step boundary, i.e. the time until the loop may change the model again (copy to CPU memory; the
-write, fsync and marker happen in a background thread). Goal (issue 4): blocked <= 10 % of sync.
+write, fsync and marker happen in a background thread). Goal: blocked <= 10 % of sync.
 
 Also printed: the floor, one contiguous two-thread copy of as many bytes timed beside each
 candidate save (no copy-based snapshot beats it, so where the floor is near 10 % of sync the

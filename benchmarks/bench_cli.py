@@ -2,7 +2,7 @@
 
 Each command runs in a fresh process (what a user waits for: interpreter start, imports, reading
 the run folders, printing), interleaved with the baseline `python -c pass` measured in the same
-run. Goal (issue 2): each under 200 ms median on this machine.
+run. Goal: each under 200 ms median on this machine.
 
 The run folders are generated in a temporary folder and look like real ones: a resolved
 spec.yaml, a state.json with job entries (SLURM ids, local pids, foreground runs), progress.json

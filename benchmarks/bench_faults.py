@@ -17,7 +17,7 @@ from; stop signals save first, so they lose none); after every fault and at the 
 checkpoint on disk is checked with `CheckpointManager.verify`; at the end, the final weights and
 test metrics are compared bitwise with one uninterrupted local run of the same spec (the
 baseline, whose wall time the interrupted runs' is also set against).
-Goal (issue 5): all runs complete, no damaged checkpoint, equal weights, losses within the
+Goal: all runs complete, no damaged checkpoint, equal weights, losses within the
 checkpoint interval (KILL-W: the interrupted write's interval too).
 
     .venv/bin/python benchmarks/bench_faults.py [--n 4] [--faults 2] [--seed 0] [--keep DIR]

@@ -5,7 +5,7 @@ Both paths produce the same thing: a 512-px crop (image + mask) with the default
 source differs. The data is N noisy 2048×1536 images with masks, written once as a hub-format
 parquet file (PNG bytes) and as chunked HDF5 shards following docs/data-format.md.
 
-Goals (issue 3): HDF5 ≥ 20× the parquet baseline, and ≥ 200 samples/s per worker process.
+Goals: HDF5 ≥ 20× the parquet baseline, and ≥ 200 samples/s per worker process.
 
     .venv/bin/python benchmarks/bench_loader.py [--n 20] [--samples 400] [--workers 2]
 """

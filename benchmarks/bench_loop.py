@@ -13,7 +13,7 @@ clipping, optimizer and scheduler step, on a copy of the same model with its own
 Both are timed from the end of step `--warmup` to the end of the last step (process start,
 model build, the first steps' allocations, and the job's final validation and test evaluation
 are outside the window). Each repetition builds a fresh run and alternates which side goes first,
-so load from other processes hits both. Goal (issue 4): full / bare >= 0.95.
+so load from other processes hits both. Goal: full / bare >= 0.95.
 
     .venv/bin/python benchmarks/bench_loop.py [--steps 200] [--reps 3] [--workers 0,1]
 """

@@ -1,7 +1,7 @@
 """`hcli status` without typer: the command people run in loops and in `watch`.
 
 Importing typer and building the command tree is ~90 ms of the 200 ms `hcli status` may take
-over 500 runs on a 2-core machine (issue 5, benchmarks/bench_cli.py), so the plain forms of
+over 500 runs on a 2-core machine (benchmarks/bench_cli.py), so the plain forms of
 `hcli status` (any mix of --json, --kind, --state, --runs-dir) are parsed here and answered by
 the same function the Typer command calls (`hcli.cli._status_view.show`). Anything else —
 `--help`, `--watch`, a RUN (`hcli status RUN`, one run in detail), an unknown or malformed

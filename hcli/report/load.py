@@ -59,7 +59,7 @@ EXECUTION_ONLY: tuple[str, ...] = execution_only_keys()
 AGGREGATED_KEYS: tuple[str, ...] = ("seed", "data.fold")
 
 # Fallback when no results.json names its rare classes: the damage classes under 0.1 % of all
-# pixels in ARTeFACT (/work/shared/reference/ARTEFACT.md, "Class imbalance").
+# pixels in ARTeFACT (class_pixel_counts in hcli/resources/domain_stats.json).
 DEFAULT_RARE_CLASSES: tuple[str, ...] = (
     "Dust", "Hair", "Writing", "Stamp", "Puncture", "Burn marks",
 )
