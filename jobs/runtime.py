@@ -27,7 +27,6 @@ from jobs.progress import append_event
 __all__ = ["JobContext", "Outcome", "run_job", "current_job_id"]
 
 
-
 @dataclass
 class Outcome:
     status: str  # "completed" | "stopped"
