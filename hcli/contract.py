@@ -21,11 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hcli.runs import now_iso
 
 __all__ = [
+    "AdaptResults",
     "AttemptCompute",
     "Compute",
     "EventLine",
     "Hardware",
     "JobRecord",
+    "MaeResults",
+    "MaeValSummary",
+    "MetaResults",
+    "MetaSummary",
     "MetricsLine",
     "MulticlassResults",
     "ProbeResults",
@@ -305,6 +310,89 @@ class MulticlassResults(Results):
 
 class ProbeResults(Results):
     probe: dict[str, Any] = Field(default_factory=dict)
+
+
+class MaeValSummary(_Model):
+    best_loss: float | None = None
+    best_step: int | None = None
+    last_loss: float | None = None
+
+
+class MaeResults(Results):
+    """A masked-image pretraining run: reconstruction loss on held-out images (masked pixels)
+    beside filling each hidden patch with its own mean colour, what it saw, and its encoder."""
+
+    checkpoint: str | None = None  # "best" or "last"
+    step: int | None = None
+    final_step: int | None = None
+    early_stopped: bool = False
+    protocol: str | None = None
+    fold: int | None = None
+    held_out: str | None = None
+    recon_loss: float | None = None
+    baseline_patch_mean_loss: float | None = None
+    loss_vs_baseline: float | None = None
+    loss_fn: str | None = None  # l1 or mse
+    images: str = "train"  # mae.images: train, train+val or all
+    transductive: bool = False  # saw the fold's test images (mae.images=all)
+    n_images: int = 0
+    val_images: int = 0
+    val_held_out: bool = True  # the validation images were not trained on
+    images_seen: int = 0
+    epochs: float = 0.0
+    encoder_file: str | None = None
+    figures: list[str] = Field(default_factory=list)
+    val: MaeValSummary = Field(default_factory=MaeValSummary)
+    compute: Compute = Field(default_factory=Compute)
+
+
+class AdaptValSummary(ValSummary):
+    """An adaptation validates once, on its support images: no in-domain mIoU of its own."""
+
+    best_support_miou: float | None = None
+    last_support_miou: float | None = None
+
+
+class AdaptResults(MulticlassResults):
+    """An adaptation run: the multiclass figures are those of the held-out domain without the
+    support images (the query set); the rest says what was adapted, from what, on which images."""
+
+    source_run: str | None = None
+    source_kind: str | None = None  # multiclass (ERM) or meta: the approach being compared
+    source_val_miou: float | None = None  # the source's in-domain (training-domain) best val
+    source_test_miou: float | None = None  # the source's own score on the whole held-out domain
+    source_transductive: bool = False  # the source saw the held-out domain (meta.transductive)
+    shots: int = 0
+    adapt_steps: int = 0
+    adapt_lr: float | None = None
+    params: str | None = None  # all | decoder | heads
+    support_ids: list[str] = Field(default_factory=list)
+    query_size: int = 0
+    val: AdaptValSummary = Field(default_factory=AdaptValSummary)
+
+
+class MetaSummary(_Model):
+    """How a meta run meta-trained (jobs.meta): the tasks it drew, per domain."""
+
+    algorithm: str  # fomaml | reptile | maml
+    domain: str  # material | content | group
+    domains: list[str] = Field(default_factory=list)  # the training domains (the tasks)
+    domain_sizes: dict[str, int] = Field(default_factory=dict)  # training images per domain
+    tasks_per_domain: dict[str, int] = Field(default_factory=dict)  # tasks drawn (rank 0)
+    with_replacement: list[str] = Field(default_factory=list)  # fewer images than a batch
+    inner_steps: int = 0
+    inner_lr: float | None = None
+    inner_params: str | None = None  # all | decoder | heads
+    tasks_per_step: int = 0
+    train_on: str = "fold"  # fold | all
+
+
+class MetaResults(MulticlassResults):
+    """A meta run: the multiclass figures are the zero-shot ones on the held-out domain."""
+
+    transductive: bool = False  # the held-out domain was in meta-training (meta.train_on=all)
+    in_domain_miou: float | None = None  # the same weights on the training domains' val images
+    meta: MetaSummary | None = None
 
 
 def results_model(kind: str) -> type[Results]:

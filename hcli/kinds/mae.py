@@ -5,10 +5,11 @@ from hcli.kinds._info import KindInfo
 KIND = KindInfo(
     name="mae",
     summary="masked-image pretraining of the encoder (SimMIM-style)",
-    workload=None,
+    workload="jobs.mae.task:run",
     sections=("mae",),
+    results_model="hcli.contract:MaeResults",
     metric="loss",
     mode="min",
-    collect_metrics=("recon_loss",),
+    collect_metrics=("recon_loss", "baseline_patch_mean_loss", "images_seen", "epochs"),
     order=2,
 )

@@ -96,6 +96,18 @@ class DataSpec(_Section):
         return v
 
 
+class PrototypeSpec(_Section):
+    """Damage-prototype attention (model.attention=prototypes; docs/innovations.md)."""
+
+    per_class: int = Field(4, gt=0, description="prototypes per class (damage is multimodal)")
+    dim: int = Field(64, gt=0, description="embedding dimension pixels and prototypes share")
+    loss_weight: float = Field(0.1, ge=0, description="weight of the pull-to-own-prototypes loss")
+    temperature: float = Field(0.1, gt=0, description="cosine similarities are divided by this")
+    init: Literal["kmeans", "random"] = Field(
+        "kmeans", description="k-means over the fold's training pixels per class, or random"
+    )
+
+
 class ModelSpec(_Section):
     backbone: str = Field(
         "convnext", description="convnext | swin | maxvit (the Tiny models) or any timm model name"
@@ -123,6 +135,10 @@ class ModelSpec(_Section):
         description="damage groups: group name -> fine class names (each damage class once)",
     )
     grad_checkpointing: bool = False
+    attention: Literal["none", "prototypes"] = Field(
+        "none", description="prototypes: decoder features attend to learnable class prototypes"
+    )
+    prototypes: PrototypeSpec = Field(default_factory=lambda: PrototypeSpec())
 
     @field_validator("backbone")
     @classmethod
@@ -189,6 +205,27 @@ class TrainSpec(_Section):
     log_every_steps: int = _execution_only(default=10, gt=0)
     threads: int | None = _execution_only(default=None, gt=0, description="torch CPU threads")
     overlays: int = _execution_only(default=4, ge=0, description="prediction overlays saved")
+    curriculum: tuple[Literal["binary", "coarse", "fine"], ...] = Field(
+        (), description="stages over the hierarchy, e.g. [binary, coarse, fine]; empty: none"
+    )
+    curriculum_fractions: tuple[float, ...] | None = Field(
+        None, description="share of train.steps per stage (default: equal shares)"
+    )
+    curriculum_plateau: int | None = Field(
+        None, gt=0, description="a stage also ends after this many validations without gain"
+    )
+    curriculum_freeze_encoder: tuple[Literal["binary", "coarse", "fine"], ...] = Field(
+        (), description="stages in which the encoder is frozen"
+    )
+    curriculum_lr_mults: tuple[float, ...] | None = Field(
+        None, description="learning-rate multiplier per stage (default: 1 for each)"
+    )
+
+    @field_validator("curriculum", "curriculum_freeze_encoder", mode="before")
+    @classmethod
+    def _stage_list(cls, v: Any) -> Any:
+        # A YAML string `binary,coarse,fine` is the list it spells.
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
 
     @property
     def warmup(self) -> int:
@@ -240,27 +277,59 @@ class SlurmSpec(_Section):
 
 
 class MaeSpec(_Section):
-    """Masked-image pretraining (filled in by the pretraining issue)."""
+    """Masked-image pretraining, SimMIM-style (docs/mae.md)."""
 
-    mask_ratio: float = Field(0.6, gt=0, lt=1)
-    patch_size: int = Field(32, gt=0)
+    mask_ratio: float = Field(0.6, gt=0, lt=1, description="share of mask patches hidden")
+    patch_size: int = Field(
+        32, gt=0, description="mask grid in pixels (a multiple of the encoder's stem stride)"
+    )
+    decoder: Literal["linear", "conv"] = Field(
+        "linear", description="linear: 1x1 conv + pixel shuffle (SimMIM); conv: a small stack"
+    )
+    loss: Literal["l1", "mse"] = Field("l1", description="on masked pixels only")
+    norm_target: bool = Field(False, description="regress each patch normalised (MAE)")
+    images: Literal["train", "train+val", "all"] = Field(
+        "train", description="which images of the fold: all includes its test images"
+    )
 
 
 class MetaSpec(_Section):
-    """First-order MAML over domains (filled in by the meta-learning issue)."""
+    """Meta-learning over the domains of a fold's training set (docs/meta.md)."""
 
-    domain: Literal["material", "content"] = "material"
-    inner_lr: float = Field(1e-3, gt=0)
-    inner_steps: int = Field(5, gt=0)
-    tasks_per_step: int = Field(4, gt=0)
+    algorithm: Literal["fomaml", "reptile", "maml"] = Field(
+        "fomaml", description="first-order MAML, Reptile, or second-order MAML (small models)"
+    )
+    domain: Literal["material", "content", "group"] = Field(
+        "material", description="what a task is: a material, a content, or a material group"
+    )
+    inner_lr: float = Field(1e-3, gt=0, description="SGD learning rate of the inner loop")
+    inner_steps: int = Field(5, gt=0, description="SGD steps on the support batch per task")
+    inner_params: Literal["all", "decoder", "heads"] = Field(
+        "all", description="what the inner loop adapts: all, decoder (+heads), or heads only"
+    )
+    tasks_per_step: int = Field(
+        4, gt=0, description="domains per outer step (per process; = train.accum_steps)"
+    )
+    train_on: Literal["fold", "all"] = Field(
+        "fold", description="fold: the fold's training domains; all: every domain (transductive)"
+    )
+    transductive: bool = Field(
+        False, description="allow meta.train_on=all, which meta-trains on the held-out domain"
+    )
 
 
 class AdaptSpec(_Section):
-    """Fast adaptation of a meta-trained model to a held-out domain."""
+    """k-shot adaptation of a trained run (meta or multiclass) to its held-out domain."""
 
-    source_run: str | None = None
-    shots: int = Field(5, gt=0)
-    steps: int = Field(100, gt=0)
+    source_run: str | None = Field(
+        None, description="run id whose weights adapt (a leave-one-domain-out run)"
+    )
+    shots: int = Field(5, ge=0, description="support images from the held-out domain; 0: as is")
+    steps: int = Field(100, gt=0, description="fine-tuning steps on the support images")
+    lr: float = Field(1e-4, gt=0, description="fine-tuning learning rate (constant)")
+    params: Literal["all", "decoder", "heads"] | None = Field(
+        None, description="parameters that adapt (default: meta.inner_params, else all)"
+    )
 
 
 class Spec(_Section):
@@ -324,13 +393,102 @@ class Spec(_Section):
             )
         if self.train.amp == "fp16" and self.train.device == "cpu":
             raise ValueError('train.amp="fp16" needs a GPU; on CPU use train.amp="bf16" or "off"')
+        self._meta_rules()
+        self._curriculum_rules()
+        if self.kind == "mae":
+            self._mae_rules(kind)
         if self.adapt.source_run is None and self.kind == "adapt":
-            raise ValueError("kind=adapt needs adapt.source_run (the meta-trained run id)")
+            raise ValueError(
+                "kind=adapt needs adapt.source_run (a meta or multiclass run id); "
+                "`hcli submit adapt --from RUN` sets it"
+            )
         return self
+
+    def _curriculum_rules(self) -> None:
+        t = self.train
+        stages = t.curriculum
+        if not stages:
+            return
+        order = ("binary", "coarse", "fine")
+        if list(stages) != sorted(set(stages), key=order.index) or stages[-1] != "fine":
+            raise ValueError(
+                f"train.curriculum={list(stages)}: stages go from binary to coarse to fine, each "
+                "once, ending with fine; on the command line write "
+                "-o 'train.curriculum=[binary,coarse,fine]' (a bare comma makes a sweep)"
+            )
+        if not self.model.hierarchical:
+            raise ValueError(
+                "train.curriculum needs the binary and coarse heads; set model.hierarchical=true"
+            )
+        for key in ("curriculum_fractions", "curriculum_lr_mults"):
+            values = getattr(t, key)
+            if values is not None and len(values) != len(stages):
+                raise ValueError(
+                    f"train.{key} has {len(values)} values for {len(stages)} curriculum stages; "
+                    "give one per stage"
+                )
+        fr = t.curriculum_fractions
+        if fr is not None and (min(fr) <= 0 or abs(sum(fr) - 1) > 1e-6):
+            raise ValueError(
+                f"train.curriculum_fractions={list(fr)} must be positive and sum to 1"
+            )
+        extra = sorted(set(t.curriculum_freeze_encoder) - set(stages))
+        if extra:
+            raise ValueError(
+                f"train.curriculum_freeze_encoder names {extra}, not stages of train.curriculum"
+            )
+
+    def _meta_rules(self) -> None:
+        meta = self.meta
+        if meta.train_on == "all" and not meta.transductive:
+            raise ValueError(
+                "meta.train_on=all meta-trains on the fold's held-out domain too, so its "
+                "held-out score measures no generalisation; set meta.transductive=true to "
+                "accept that (it is recorded on every result), or use meta.train_on=fold"
+            )
+        if self.kind != "meta":
+            return
+        # One task (domain) per micro-step: the engine's accumulation averages the per-task
+        # meta-gradients into one outer step, so the two counts are one number.
+        if "accum_steps" not in self.train.model_fields_set:
+            self.train.accum_steps = meta.tasks_per_step
+        elif self.train.accum_steps != meta.tasks_per_step:
+            raise ValueError(
+                f"train.accum_steps={self.train.accum_steps} but meta.tasks_per_step="
+                f"{meta.tasks_per_step}: a meta run takes one task per micro-step; set "
+                f"train.accum_steps={meta.tasks_per_step} or leave it unset"
+            )
+        if self.data.val_fraction == 0:
+            raise ValueError(
+                "data.val_fraction=0 with kind=meta, which selects checkpoints on held-out "
+                "images of the training domains (never the test domain); use data.val_fraction>0"
+            )
+
+    def _mae_rules(self, family: str) -> None:
+        patch, crop = self.mae.patch_size, self.data.crop_size
+        stride = _STEM_STRIDES.get(family)
+        if stride and patch % stride:
+            raise ValueError(
+                f"mae.patch_size={patch} is not a multiple of {family}'s stem stride {stride}; "
+                f"use a multiple of {stride} such as 32"
+            )
+        if crop % patch:
+            raise ValueError(
+                f"mae.patch_size={patch} does not divide data.crop_size={crop}; use a divisor "
+                "of the crop such as 32"
+            )
+        # ImageNet weights by default where the architecture is the published one: masked
+        # modelling from scratch on a few hundred images reconstructs noise (docs/mae.md).
+        if "pretrained" not in self.model.model_fields_set:
+            self.model.pretrained = not self.model.encoder_kwargs
 
     @property
     def backbone_short(self) -> str:
         return backbone_short_name(self.model.backbone)
+
+
+# Input pixels per position after the stem (SimMIM places the mask token there).
+_STEM_STRIDES = {"convnext": 4, "swin": 4, "maxvit": 2}
 
 
 @functools.cache
