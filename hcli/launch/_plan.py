@@ -10,7 +10,7 @@ from hcli.errors import SpecError
 from hcli.identity import run_id
 from hcli.spec import Spec, load_spec, resolve_paths
 
-__all__ = ["PlannedRun", "expand_sweep", "plan_runs", "split_top_level"]
+__all__ = ["PlannedRun", "expand_sweep", "plan_adapt", "plan_runs", "split_top_level"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,31 @@ def plan_runs(
             spec = resolve_paths(
                 load_spec(config, kind=kind, flags=flags, overrides=combo), base_dir
             )
+            rid = run_id(spec)
+            planned.setdefault(rid, PlannedRun(rid, spec))
+    return list(planned.values())
+
+
+def plan_adapt(
+    sources: list[str], root: Path, *, overrides: list[str] | None = None
+) -> list[PlannedRun]:
+    """One adaptation run per source × sweep combination (`-o adapt.shots=0,5 -o seed=0,1`).
+
+    Each spec is the source's own (same data, fold, model, loss and batch settings) with
+    `kind: adapt` and `adapt.source_run` naming it; a source that held out no domain is refused.
+    """
+    from jobs.adapt.support import source_of
+
+    if any(o.partition("=")[0].strip() == "adapt.source_run" for o in overrides or []):
+        raise SpecError("adapt.source_run is set by --from; drop -o adapt.source_run")
+    planned: dict[str, PlannedRun] = {}
+    for ref in sources:
+        run, _ = source_of(ref, root)
+        for combo in expand_sweep(overrides or []):
+            spec = resolve_paths(load_spec(
+                run.path / "spec.yaml", kind="adapt",
+                overrides=[f"adapt.source_run={run.run_id}", *combo],
+            ))
             rid = run_id(spec)
             planned.setdefault(rid, PlannedRun(rid, spec))
     return list(planned.values())

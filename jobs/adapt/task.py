@@ -1,0 +1,211 @@
+"""The adapt kind: a trained run's weights, fine-tuned on k images of its held-out domain and
+scored on the rest of that domain.
+
+A task on the shared engine, with the multiclass kind's model, loss and evaluation
+(jobs/multiclass/evaluate.py). What it adds: the source's weights (its selected `best.pt`, else
+its newest complete step checkpoint), the support set drawn from the source's held-out domain
+(jobs/adapt/support.py), the choice of parameters that adapt, and results that name the source,
+the shots and the support ids. The held-out images outside the support set (the query set) are
+scored once, at the end; they never select anything: the one validation, after the last step, is
+on the support images.
+
+The schedule comes from the `adapt` section: `adapt.steps` steps at a constant `adapt.lr`, no
+warmup, no early stopping, 0 steps for 0 shots (the source evaluated as is). The engine reads the
+`train` section, which holds the source's settings (batch size, accumulation, amp), and
+jobs/engine.py is shared, so the task writes the adaptation schedule into that section in
+memory before the engine builds the optimizer; spec.yaml (and the run id) keep the adapt
+section as given.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from hcli.data.manifest import load_manifest
+from hcli.data.splits import get_fold
+from hcli.data.stats import class_table, class_weights, rare_classes
+from hcli.spec import AdaptSpec, TrainSpec
+from jobs.adapt.support import draw_support, held_out_of, source_of
+from jobs.data import build_eval_dataset, build_train_loader
+from jobs.engine import run_task
+from jobs.hierarchy import fine_to_coarse_lut
+from jobs.losses import SegLoss
+from jobs.models import build_segmenter
+from jobs.multiclass.evaluate import evaluate, save_samples
+from jobs.task import Env, Feed, Fetch, Task, TrainState
+
+__all__ = ["AdaptTask", "adapted_parameters", "run"]
+
+# The test figures of results.json, as the multiclass kind writes them.
+_TEST_KEYS = ("miou", "binary_miou", "coarse_miou", "rare_miou", "per_class_iou", "per_class_f1",
+              "confusion", "rare_classes", "baseline_all_clean_miou", "pixel_accuracy",
+              "per_coarse_iou")
+
+
+def adapted_parameters(model: torch.nn.Module, which: str) -> list[str]:
+    """Names of the parameters that adapt: `all`, `decoder` (decoder and heads) or `heads`."""
+    names = [n for n, _ in model.named_parameters()]
+    if which == "all":
+        return names
+    if which == "decoder":
+        return [n for n in names if not n.startswith("encoder.")]
+    if which == "heads":
+        return [n for n in names if n.startswith("heads.")]
+    raise ValueError(f"adapt.params={which!r}; use all, decoder or heads")
+
+
+def _adaptation_schedule(train: TrainSpec, adapt: AdaptSpec) -> None:
+    """The adapt section's schedule, in place (see the module docstring for why in place).
+
+    Set past validation: 0 steps (0 shots) and poly power 0 (a constant rate) are outside what
+    a `train` section accepts from a user, and are right here.
+    """
+    steps = adapt.steps if adapt.shots else 0
+    for key, value in (("steps", steps), ("lr", adapt.lr), ("warmup_steps", 0),
+                       ("schedule", "poly"), ("poly_power", 0.0),
+                       ("val_every_steps", max(steps, 1)), ("early_stop_patience", None)):
+        object.__setattr__(train, key, value)
+
+
+class AdaptTask(Task):
+    metric = "support_miou"
+    mode = "max"
+
+    def __init__(self, env: Env) -> None:
+        super().__init__(env)
+        a = self.spec.adapt
+        assert a.source_run is not None  # the spec's cross-field rule
+        self.source, self.source_spec = source_of(a.source_run, env.run_dir.parent)
+        self.params = a.params or getattr(self.source_spec.meta, "inner_params", None) or "all"
+        _adaptation_schedule(self.spec.train, a)
+
+    def build_feeds(self) -> dict[str, Feed]:
+        spec, env, src = self.spec, self.env, self.source_spec
+        self.manifest = load_manifest(spec.data.root)
+        # The source's fold (its seed drew its validation split), not one drawn with ours.
+        self.fold = get_fold(self.manifest, src.data, src.seed)
+        held_out = held_out_of(self.source, src, self.manifest)
+        self.support = draw_support(held_out, spec.adapt.shots, spec.seed)
+        chosen = set(self.support)
+        self.query = [i for i in held_out if i not in chosen]
+        self.rare = rare_classes(class_table(self.manifest, self.fold.train))
+        self.weights = None
+        if spec.loss.class_weights != "none":
+            self.weights = class_weights(self.manifest, spec.loss.class_weights,
+                                         clip=spec.loss.weight_clip, ids=self.fold.train)
+        self.test_set = build_eval_dataset(spec, self.manifest, self.query)
+        self.val_set = build_eval_dataset(spec, self.manifest, self.support)
+        if not self.support:
+            return {}
+        lut = fine_to_coarse_lut(spec.model.coarse_groups)
+        loader, sampler = build_train_loader(
+            spec, self.manifest, self.support, rank=env.rank, world_size=env.world_size,
+            pin_memory=env.device.type == "cuda",
+            target_lut=lut if spec.model.hierarchical else None,
+        )
+        return {"train": Feed(loader, sampler)}
+
+    def build_model(self) -> torch.nn.Module:
+        from jobs.init_from import _source
+
+        spec = self.spec
+        # The source's weights replace every parameter: no pretrained download, no init_from.
+        model = build_segmenter(spec.model, spec.data.crop_size, pretrained=False)
+        path, _ = _source(self.source.run_id, self.env.run_dir.parent)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("model", state))
+        self.weights_from = str(path)
+        print(f"adapting {self.source.run_id} ({path.name}) on {len(self.support)} support "
+              f"image(s), {len(self.query)} to score", flush=True)
+        n_coarse = 1 + len(spec.model.coarse_groups) if spec.model.hierarchical else None
+        self.criterion = SegLoss(spec.loss, self.weights, spec.model.hierarchical,
+                                 n_coarse).to(self.env.device)
+        adapted = set(adapted_parameters(model, self.params))
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in adapted)
+        # Frozen parts keep the source's normalisation statistics (eval mode in every step).
+        self.frozen = [m for m in (model.encoder, model.decoder)
+                       if not any(p.requires_grad for p in m.parameters())]
+        return model
+
+    def param_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
+        # One rate for every adapted parameter (as in the meta inner loop), no weight decay.
+        groups: list[dict[str, Any]] = model.param_groups(  # type: ignore[operator]
+            self.spec.adapt.lr, 1.0, 0.0)
+        return groups
+
+    def provenance(self) -> dict[str, Any]:
+        return {"train_ids": self.support, "val_ids": self.support, "test_ids": self.query,
+                "init_from": [self.source.run_id]}
+
+    def micro_step(self, fetch: Fetch, forward: Callable[..., Any]) -> torch.Tensor:
+        for module in self.frozen:
+            module.eval()
+        batch = fetch("train")
+        device = self.env.device
+        images = batch["image"].to(device, non_blocking=True)
+        if self.spec.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if self.spec.model.hierarchical:
+            targets = {k: v.to(device, non_blocking=True) for k, v in batch["targets"].items()}
+        else:
+            targets = batch["mask"].to(device, non_blocking=True)
+        with self.env.autocast():
+            outputs = forward(images)
+        loss, _ = self.criterion(outputs, targets)
+        return loss
+
+    def _evaluate(self, model: torch.nn.Module, dataset: Any, **kw: Any) -> dict[str, Any]:
+        return evaluate(model, dataset, self.spec, self.rare, self.env.device, self.env.autocast,
+                        **kw)
+
+    def validate(self, model: torch.nn.Module) -> dict[str, Any]:
+        m = self._evaluate(model, self.val_set)
+        return {"support_miou": m["miou"] or 0.0}
+
+    def finish(self, model: torch.nn.Module, state: TrainState) -> dict[str, Any]:
+        metrics = self._evaluate(model, self.test_set, all_clean_baseline=True)
+        samples = save_samples(model, self.test_set, self.spec,
+                               self.env.run_dir / "figures" / "samples", self.env.device,
+                               self.env.autocast, self.spec.train.overlays)
+        a, src = self.spec.adapt, self.source.results() or {}
+        return {
+            "split": "held-out query (support excluded)",
+            "protocol": self.spec.data.protocol,
+            "fold": self.spec.data.fold,
+            "held_out": self.fold.held_out,
+            "fold_sizes": {**self.fold.sizes, "support": len(self.support),
+                           "query": len(self.query)},
+            **{k: metrics[k] for k in _TEST_KEYS},
+            "confusion_normalization": "true (rows sum to 1)",
+            "samples": samples,
+            "class_names": list(metrics["per_class_iou"]),
+            "source_run": self.source.run_id,
+            "source_kind": self.source_spec.kind,
+            "source_val_miou": (src.get("val") or {}).get("best_miou"),
+            "source_test_miou": src.get("miou"),
+            "source_transductive": bool(getattr(self.source_spec.meta, "transductive", False)),
+            "shots": a.shots,
+            "adapt_steps": self.spec.train.steps,
+            "adapt_lr": a.lr,
+            "params": self.params,
+            "support_ids": sorted(self.support),
+            "query_size": len(self.query),
+            # Its only validation is on the support images (val.best_support_miou).
+            "val": {"best_miou": None, "last_miou": None},
+        }
+
+    def report(self, results: dict[str, Any]) -> None:
+        print(f"{results['shots']}-shot adaptation of {results['source_run']} "
+              f"({results['source_kind']}, {results['params']} parameters, "
+              f"{results['adapt_steps']} steps): held-out mIoU {results['miou']:.4f} on "
+              f"{results['query_size']} query image(s); the source scored "
+              f"{results['source_test_miou']} on the whole held-out domain and "
+              f"{results['source_val_miou']} in domain (val)", flush=True)
+
+
+run = functools.partial(run_task, task_cls=AdaptTask)
