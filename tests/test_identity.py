@@ -131,6 +131,10 @@ CHANGED: dict[str, tuple[Any, str]] = {
     "meta.inner_lr": (1e-2, "meta"),
     "meta.inner_steps": (3, "meta"),
     "meta.tasks_per_step": (2, "meta"),
+    "meta.algorithm": ("reptile", "meta"),
+    "meta.inner_params": ("heads", "meta"),
+    "meta.transductive": (True, "meta"),
+    "meta.train_on": ("all", "meta-transductive"),
     "adapt.source_run": ("meta-convnext-11111111", "adapt"),
     "adapt.shots": (10, "adapt"),
     "adapt.steps": (50, "adapt"),
@@ -169,6 +173,7 @@ BASE: dict[str, dict[str, Any]] = {
     "multiclass": {},
     "mae": {"kind": "mae"},
     "meta": {"kind": "meta"},
+    "meta-transductive": {"kind": "meta", "meta": {"transductive": True}},
     "adapt": {"kind": "adapt", "adapt": {"source_run": "meta-convnext-00000000"}},
 }
 
