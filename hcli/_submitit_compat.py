@@ -12,6 +12,9 @@ and tests/test_distributed.py.
   `SlurmExecutor.__init__` also refuses to exist when `srun` is not on the PATH (through the
   public classmethod `affinity()`), though writing the script needs no SLURM at all: the
   renderer is a subclass whose `affinity()` does not look, so the dry run works on a laptop.
+  An array's script is the same text with `parameters["map_count"] = n` set on the executor,
+  which is what `SlurmExecutor._internal_process_submissions` does to a batch of n jobs
+  (`update_parameters` refuses `map_count`; submitit sets it directly too).
 - `SlurmJobEnvironment` (module `submitit.slurm.slurm`, not exported by `submitit`): the job id
   in `scontrol`'s form (`ARRAYJOB_TASK`), hostnames parsed from `SLURM_JOB_NODELIST` and the
   ranks, as submitit's own `helpers.TorchDistributedEnvironment` reads them (jobs.signals,
@@ -42,11 +45,19 @@ class _SbatchRenderer(submitit.SlurmExecutor):
 
 
 def render_sbatch_text(
-    folder: Path, *, python: str, max_num_timeout: int, parameters: dict[str, Any]
+    folder: Path,
+    *,
+    python: str,
+    max_num_timeout: int,
+    parameters: dict[str, Any],
+    array_size: int | None = None,
 ) -> str:
     """The sbatch script `SlurmExecutor(folder, max_num_timeout, python=python)` with
-    `update_parameters(**parameters)` would submit, rendered without any SLURM command."""
+    `update_parameters(**parameters)` would submit, rendered without any SLURM command; with
+    `array_size`, the script of a batch of that many jobs (one array)."""
     executor = _SbatchRenderer(folder=folder, max_num_timeout=max_num_timeout, python=python)
     executor.update_parameters(**parameters)
+    if array_size is not None and array_size > 1:
+        executor.parameters["map_count"] = array_size
     # The uid names the temporary submission file only; the slurm text does not contain it.
     return str(executor._make_submission_file_text(executor._submitit_command_str, "dry-run"))

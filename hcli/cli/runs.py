@@ -121,6 +121,11 @@ def submit(
         int | None, typer.Option("--max-parallel", min=1, help="Array/sweep parallelism cap (%N).")
     ] = None,
     skip_checks: SkipChecksOpt = False,
+    from_runs: Annotated[
+        str | None,
+        typer.Option("--from", help="adapt: the trained runs to adapt, RUN[,RUN...] (each "
+                     "× -o adapt.shots × -o seed is one task of one array)."),
+    ] = None,
     runs_dir: RunsDir = None,
 ) -> None:
     """Submit a run (or a sweep: --backbone a,b and -o key=v1,v2 expand into a job array).
@@ -145,10 +150,15 @@ def submit(
     if skip_checks:
         # Into the spec (execution-only: the run id stays), so the job knows to check at start.
         override = [*(override or []), "slurm.skip_checks=true"]
-    planned = plan_runs(kind, config=config, backbones=_split_csv(backbone), overrides=override)
     mode: Mode = (
         "slurm" if dry_run and not (local or foreground) else _mode(cluster, local, foreground)
     )
+    if kind == "adapt" or from_runs:
+        planned, after = _plan_adapt(kind, from_runs, config, backbone, override, root, after,
+                                     wait=mode == "slurm" or dry_run)
+    else:
+        planned = plan_runs(kind, config=config, backbones=_split_csv(backbone),
+                            overrides=override)
     _check_before_queueing(planned, root, slurm=mode == "slurm", dry_run=dry_run, force=force)
     outcomes = submit_runs(
         planned,
@@ -164,28 +174,121 @@ def submit(
             o = outcomes[0]
             print_json({"run_id": o.run_id, "spec": o.spec, "sbatch": o.sbatch})
         else:
-            print_json(
-                [
-                    {
-                        "run_id": o.run_id,
-                        "action": o.action,
-                        "state": o.state,
-                        "job_id": o.job_id,
-                        "run_dir": str(o.run_dir),
-                        **({"spec": o.spec, "sbatch": o.sbatch} if dry_run else {}),
-                    }
-                    for o in outcomes
-                ]
-            )
+            entries = [
+                {
+                    "run_id": o.run_id,
+                    "action": o.action,
+                    "state": o.state,
+                    "job_id": o.job_id,
+                    "run_dir": str(o.run_dir),
+                    **(
+                        {"spec": o.spec, "sbatch": o.sbatch, "task": o.task, "note": o.note}
+                        if dry_run
+                        else {}
+                    ),
+                }
+                for o in outcomes
+            ]
+            print_json({"runs": entries, **_dry_run_arrays(outcomes)} if dry_run else entries)
     else:
         _print_outcomes(outcomes, dry_run)
     if mode == "foreground" and not dry_run:
         _run_foreground([o for o in outcomes if o.action == "submitted"])
 
 
-def _print_outcomes(outcomes: list, dry_run: bool) -> None:
-    from hcli.spec import spec_to_yaml  # noqa: F401
+def _submissions(outcomes: list) -> list:
+    """The distinct array plans of a dry run's outcomes, in submission order."""
+    plans: list = []
+    for o in outcomes:
+        if o.array is not None and all(o.array is not p for p in plans):
+            plans.append(o.array)
+    return plans
 
+
+def _dry_run_arrays(outcomes: list) -> dict:
+    """A sweep's dry run in JSON: each sbatch submission with its script and task → run id."""
+    plans = _submissions(outcomes)
+    return {
+        "max_array_size": (
+            {"value": plans[0].max_array_size, "from": plans[0].max_array_size_from}
+            if plans
+            else None
+        ),
+        "arrays": [
+            {
+                "job_name": plan.job_name,
+                "folder": str(plan.folder),
+                "array": plan.array_range(),
+                "tasks": {str(i): m.run_id for i, m in enumerate(plan.members)},
+                "sbatch": plan.sbatch,
+            }
+            for plan in plans
+        ],
+        "skipped": {o.run_id: o.note for o in outcomes if o.action in ("exists", "refused")},
+    }
+
+
+def _print_dry_run_sweep(outcomes: list) -> None:
+    plans = _submissions(outcomes)
+    queued = sum(len(p.members) for p in plans)
+    skipped = [o for o in outcomes if o.action in ("exists", "refused")]
+    typer.echo(
+        f"# sweep of {len(outcomes)} runs: {queued} to submit in {len(plans)} sbatch "
+        f"submission(s), {len(skipped)} skipped"
+    )
+    if plans:
+        typer.echo(f"# MaxArraySize {plans[0].max_array_size} ({plans[0].max_array_size_from})")
+    for n, plan in enumerate(plans, 1):
+        what = (
+            f"array {plan.array_range()} ({len(plan.members)} tasks, at most "
+            f"{min(len(plan.members), plan.parallelism or len(plan.members))} at once)"
+            if plan.is_array
+            else "one job"
+        )
+        typer.echo(f"\n# === submission {n} of {len(plans)}: {what}, job name {plan.job_name}")
+        typer.echo(f"# submitit folder (job logs): {plan.folder}")
+        typer.echo("# task  run id  (run folder)")
+        for i, m in enumerate(plan.members):
+            o = next(o for o in outcomes if o.run_id == m.run_id)
+            typer.echo(f"# {i if plan.is_array else '-':>4}  {m.run_id}  ({o.run_dir})")
+        typer.echo("# --- sbatch script ---")
+        typer.echo(plan.sbatch)
+    if skipped:
+        typer.echo("\n# === not submitted ===")
+        for o in skipped:
+            typer.echo(f"# {o.run_id}: {o.note}  ({o.run_dir})")
+    typer.echo("\n# each run's resolved spec: the same command with --json")
+
+
+def _plan_adapt(kind: str, from_runs: str | None, config: str | None, backbone: str | None,
+                overrides: list[str] | None, root: Path, after: str | None,
+                wait: bool) -> tuple[list, str | None]:
+    """The adaptation runs of `--from` and what they wait for (sources not yet COMPLETED)."""
+    from hcli.errors import UserError
+    from hcli.launch._plan import plan_adapt
+    from hcli.runs import find_run
+
+    if kind != "adapt":
+        raise UserError(f"--from is for `hcli submit adapt`; `hcli submit {kind}` takes none")
+    sources = _split_csv(from_runs)
+    if not sources:
+        raise UserError("hcli submit adapt needs --from RUN[,RUN...]: the leave-one-domain-out "
+                        "runs (meta or multiclass) to adapt")
+    if config or backbone:
+        raise UserError("--config and --backbone do not apply to adapt: each run takes its "
+                        "source's spec; set adapt.* and seed with -o")
+    planned = plan_adapt(sources, root, overrides=overrides)
+    pending = [s for s in sources if find_run(root, s).state().get("state") != "COMPLETED"]
+    if pending and not wait:
+        raise UserError(f"source {pending[0]} has not finished, and only SLURM can wait for it "
+                        "(afterok); submit with --cluster, or once it has finished")
+    return planned, ",".join([*(_split_csv(after) or []), *pending]) or None
+
+
+def _print_outcomes(outcomes: list, dry_run: bool) -> None:
+    if dry_run and (len(outcomes) > 1 or any(o.action != "dry-run" for o in outcomes)):
+        _print_dry_run_sweep(outcomes)
+        return
     for o in outcomes:
         if dry_run:
             import yaml
@@ -245,7 +348,8 @@ def status(
     run: Annotated[
         str | None,
         typer.Argument(
-            help="One run in detail: id, unique prefix or path.",
+            help="One run in detail: id, unique prefix or path. With *, ? or [ (quoted): a glob "
+            "on run ids, listing the runs it matches.",
             show_default=False,
             autocompletion=complete_run_id,
         ),
@@ -256,33 +360,50 @@ def status(
     ] = False,
     kind: Annotated[str | None, typer.Option("--kind", help="Only runs of this kind.")] = None,
     state: Annotated[str | None, typer.Option("--state", help="Only runs in this state.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Show runs that ended within this long (30m, 24h, 7d); "
+                     "default 24h for the table, every run for --json.", show_default=False),
+    ] = None,
+    all_runs: Annotated[
+        bool, typer.Option("--all", help="Every run, however long ago it ended.")
+    ] = False,
     runs_dir: RunsDir = None,
 ) -> None:
-    """Every run with its state, job, restarts, progress, latest metric, ETA, heartbeat age and,
-    for failed, cancelled, stale and requeued runs, why. With RUN: that run in detail (jobs,
-    node-hours, requeues, checkpoints, metrics, files, and the command that continues it)."""
+    """Active runs and those that ended in the last 24 h (--since, --all), each with its state,
+    job, restarts, progress, latest metric, ETA, heartbeat age and, for failed, cancelled, stale
+    and requeued runs, why. With RUN: that run in detail (jobs, node-hours, requeues,
+    checkpoints, metrics, files, and the command that continues it)."""
     # `hcli.cli._fast` answers the common forms of this command without typer; what it does
     # not take (`--watch`, `--help`, a RUN, anything unusual) comes here.
-    from hcli.cli._status_view import show, show_run
+    from hcli.cli._status_view import hidden_line, show, show_run, window
     from hcli.runs import resolve_runs_dir
+    from hcli.status import is_pattern
 
     root = resolve_runs_dir(runs_dir)
-    if run is not None:
+    pattern = run if run is not None and is_pattern(run) else None
+    if run is not None and pattern is None:
         from hcli.errors import UserError
 
-        if watch or kind or state:
-            raise UserError("with a RUN, --watch, --kind and --state do not apply; drop them")
+        if watch or kind or state or since or all_runs:
+            raise UserError("with a RUN, --watch, --kind, --state, --since and --all do not "
+                            "apply; drop them (or quote a glob such as 'multiclass-*')")
         show_run(root, run, json_out=json_out)
         return
     if json_out or not watch:
-        show(root, kind=kind, state=state, json_out=json_out)
+        show(root, kind=kind, state=state, json_out=json_out, pattern=pattern, since=since,
+             all_runs=all_runs)
         return
     from rich.live import Live
 
-    from hcli.status import status_rows
+    from hcli.status import select_rows
+
+    text, since_s = window(since, all_runs, json_out)
 
     def table() -> "Table":
-        return _status_table(status_rows(root, kind=kind, state=state), root)
+        rows, hidden = select_rows(root, kind=kind, state=state, pattern=pattern,
+                                   since_s=since_s)
+        return _status_table(rows, root, hidden_line(hidden, text) if hidden else None)
 
     with Live(table(), refresh_per_second=1) as live:
         try:
@@ -293,13 +414,14 @@ def status(
             pass
 
 
-def _status_table(rows: list[dict], root: Path) -> "Table":
+def _status_table(rows: list[dict], root: Path, caption: str | None = None) -> "Table":
     """The rich table `--watch` refreshes in place."""
     from rich.table import Table
 
     from hcli.cli._status_view import COLUMNS, STATE_STYLE, cells
 
-    table = Table(title=f"runs in {root}", title_justify="left")
+    table = Table(title=f"runs in {root}", title_justify="left", caption=caption,
+                  caption_justify="left")
     for col in COLUMNS:
         table.add_column(col, no_wrap=col in ("run id", "job"))
     for r in rows:

@@ -58,6 +58,16 @@ def _python_command(spec: Spec, runs_root: Path) -> str:
     )
 
 
+def _executor_parameters(
+    spec: Spec, *, job_name: str, dependency: str | None, array_parallelism: int | None
+) -> dict[str, Any]:
+    """What `update_parameters` gets, for the submitting executor and the renderer alike."""
+    params = slurm_parameters(spec, job_name=job_name, dependency=dependency)
+    if array_parallelism:
+        params["array_parallelism"] = array_parallelism
+    return params
+
+
 def make_executor(spec: Spec, folder: Path, *, job_name: str, runs_root: Path,
                   dependency: str | None = None, array_parallelism: int | None = None) -> Any:
     # submitit itself needs both: sbatch to submit, srun to build the executor at all.
@@ -75,21 +85,25 @@ def make_executor(spec: Spec, folder: Path, *, job_name: str, runs_root: Path,
         max_num_timeout=spec.slurm.max_requeues,
         python=_python_command(spec, runs_root),
     )
-    params = slurm_parameters(spec, job_name=job_name, dependency=dependency)
-    if array_parallelism:
-        params["array_parallelism"] = array_parallelism
-    executor.update_parameters(**params)
+    executor.update_parameters(**_executor_parameters(
+        spec, job_name=job_name, dependency=dependency, array_parallelism=array_parallelism
+    ))
     return executor
 
 
 def render_sbatch(spec: Spec, folder: Path, *, job_name: str, runs_root: Path,
-                  dependency: str | None = None) -> str:
-    """The sbatch script `make_executor` would submit for one run; works without SLURM."""
+                  dependency: str | None = None, array_parallelism: int | None = None,
+                  array_size: int | None = None) -> str:
+    """The sbatch script `make_executor` would submit for one run, or, with `array_size`, for a
+    batch of that many runs (one array, `--array=0-N%P`); works without SLURM."""
     from hcli._submitit_compat import render_sbatch_text
 
     return render_sbatch_text(
         folder,
         python=_python_command(spec, runs_root),
         max_num_timeout=spec.slurm.max_requeues,
-        parameters=slurm_parameters(spec, job_name=job_name, dependency=dependency),
+        parameters=_executor_parameters(
+            spec, job_name=job_name, dependency=dependency, array_parallelism=array_parallelism
+        ),
+        array_size=array_size,
     )

@@ -8,8 +8,8 @@ before anything is submitted, so a refused run never leaves half a sweep behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,20 +22,56 @@ from hcli.launch._slurm import make_executor, render_sbatch
 from hcli.runs import ACTIVE_STATES, Run, create_run, find_run, now_iso, run_lock
 from hcli.scheduler import job_alive, max_array_size
 
-__all__ = ["Mode", "SubmitOutcome", "submit_runs", "resume_run", "dependency_for"]
+__all__ = [
+    "ArrayPlan",
+    "Mode",
+    "SubmitOutcome",
+    "dependency_for",
+    "plan_submissions",
+    "resume_run",
+    "submit_runs",
+]
 
 Mode = Literal["slurm", "local", "foreground"]
+# slurm.conf's default MaxArraySize, for a dry run where no scontrol answers.
+SLURM_DEFAULT_MAX_ARRAY_SIZE = 1001
+
+
+@dataclass
+class ArrayPlan:
+    """One sbatch submission: a job array of `members` (task i is members[i]), or one plain job
+    when a single run is submitted. The dry run renders it; `_launch_slurm` submits it."""
+
+    members: list[PlannedRun]
+    folder: Path  # submitit's folder: the run's logs for one job, a shared one for an array
+    job_name: str
+    parallelism: int | None  # the array's %N
+    max_array_size: int
+    max_array_size_from: str  # "scontrol" or why the default was used
+    sbatch: str | None = None
+
+    @property
+    def is_array(self) -> bool:
+        return len(self.members) > 1
+
+    def array_range(self) -> str | None:
+        """What `--array=` says (submitit's form: `0-{n-1}%{min(n, parallelism)}`)."""
+        n = len(self.members)
+        return f"0-{n - 1}%{min(n, self.parallelism or n)}" if self.is_array else None
 
 
 @dataclass
 class SubmitOutcome:
     run_id: str
-    action: Literal["submitted", "exists", "dry-run"]
+    action: Literal["submitted", "exists", "dry-run", "refused"]
     state: str
     job_id: str | None = None
     run_dir: Path | None = None
     sbatch: str | None = None
     spec: dict = field(default_factory=dict)
+    array: ArrayPlan | None = None  # dry run: the submission this run would be part of
+    task: int | None = None  # dry run: its index in that array
+    note: str | None = None  # dry run: why it would be skipped or refused
 
 
 def dependency_for(root: Path, refs: list[str]) -> str | None:
@@ -97,7 +133,7 @@ def submit_runs(
     if dependency and mode != "slurm":
         raise UserError("--after needs --cluster: local runs cannot wait for SLURM jobs")
     if dry_run:
-        return [_dry_run(p, root, mode, dependency) for p in planned]
+        return _dry_run(planned, root, dependency, force, max_parallel)
 
     outcomes: list[SubmitOutcome] = []
     with contextlib.ExitStack() as stack:
@@ -198,32 +234,25 @@ def _launch_slurm(
     def described(job: Any) -> tuple[str, dict]:
         return job.job_id, {"stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
 
+    paths = {r.run_id: r.path for r in runs}
     try:
-        if len(runs) == 1:
-            ex = make_executor(
-                planned[0].spec,
-                runs[0].logs,
-                job_name=runs[0].run_id,
-                runs_root=root,
-                dependency=dependency,
-            )
-            return [described(ex.submit(JobTarget(runs[0].path)))]
-        # An array shares one submitit folder; the slurm section of the first run applies to all.
         ids: list[tuple[str, dict]] = []
-        chunk = max_array_size()
-        for start in range(0, len(runs), chunk):
-            part = runs[start : start + chunk]
-            folder = root / ".arrays" / f"{now_iso()[:10]}-{uuid.uuid4().hex[:8]}"
+        # The plans the dry run shows, submitted as they are.
+        for plan in plan_submissions(planned, root, max_parallel):
             ex = make_executor(
-                planned[start].spec,
-                folder,
-                job_name=f"hcli-array-{len(part)}",
+                plan.members[0].spec,  # an array shares one folder: the first run's slurm section
+                plan.folder,
+                job_name=plan.job_name,
                 runs_root=root,
                 dependency=dependency,
-                array_parallelism=max_parallel or len(part),
+                array_parallelism=plan.parallelism,
             )
+            targets = [JobTarget(paths[m.run_id]) for m in plan.members]
+            if not plan.is_array:
+                ids.append(described(ex.submit(targets[0])))
+                continue
             with ex.batch():
-                jobs = [ex.submit(JobTarget(r.path)) for r in part]
+                jobs = [ex.submit(t) for t in targets]
             ids.extend(described(j) for j in jobs)
         return ids
     except (OSError, RuntimeError) as exc:  # submitit raises RuntimeError on sbatch failure
@@ -231,15 +260,94 @@ def _launch_slurm(
         raise ClusterError(f"sbatch failed: {why}") from exc
 
 
-def _dry_run(p: PlannedRun, root: Path, mode: Mode, dependency: str | None) -> SubmitOutcome:
-    run_dir = root / p.run_id
-    sbatch = render_sbatch(
-        p.spec, run_dir / "logs", job_name=p.run_id, runs_root=root, dependency=dependency
+def plan_submissions(
+    planned: list[PlannedRun], root: Path, max_parallel: int | None
+) -> list[ArrayPlan]:
+    """How `planned` (the runs to submit, in order) go to SLURM: one job for a single run, else
+    arrays of at most the cluster's MaxArraySize tasks, each capped at `max_parallel` at once."""
+    if not planned:
+        return []
+    found = max_array_size(default=0)
+    limit, source = (
+        (found, "scontrol")
+        if found
+        else (SLURM_DEFAULT_MAX_ARRAY_SIZE, "SLURM's default; no scontrol answered here")
     )
-    state = Run(run_dir).state()["state"] if (run_dir / "state.json").exists() else "NEW"
-    return SubmitOutcome(
-        p.run_id, "dry-run", state, None, run_dir, sbatch, p.spec.model_dump(mode="json")
-    )
+    if len(planned) == 1:
+        (p,) = planned
+        return [ArrayPlan([p], root / p.run_id / "logs", p.run_id, None, limit, source)]
+    plans = []
+    for start in range(0, len(planned), limit):
+        part = planned[start : start + limit]
+        # Named by its members, so the dry run can show the folder the submission will use.
+        digest = hashlib.sha1("\n".join(p.run_id for p in part).encode()).hexdigest()[:10]
+        plans.append(ArrayPlan(
+            part, root / ".arrays" / digest, f"hcli-array-{len(part)}",
+            max_parallel or len(part), limit, source,
+        ))
+    return plans
+
+
+def _dry_run(
+    planned: list[PlannedRun],
+    root: Path,
+    dependency: str | None,
+    force: bool,
+    max_parallel: int | None,
+) -> list[SubmitOutcome]:
+    """What `submit_runs` would do, decided as it decides (without locks): which runs exist and
+    are skipped, which would be refused, and the sbatch scripts of the rest, arrays included."""
+    outcomes: dict[str, SubmitOutcome] = {}
+    fresh: list[PlannedRun] = []
+    for p in planned:
+        run_dir = root / p.run_id
+        spec = p.spec.model_dump(mode="json")
+        if not (run_dir / "state.json").exists():
+            fresh.append(p)
+            outcomes[p.run_id] = SubmitOutcome(p.run_id, "dry-run", "NEW", None, run_dir,
+                                               spec=spec)
+            continue
+        run = Run(run_dir)
+        state = run.state()
+        current = state["state"]
+        waiting = current == "PENDING" and not state.get("jobs")
+        alive = job_alive(run.job_id, state=state) if current in ACTIVE_STATES else None
+        died = not waiting and alive is False
+        if waiting or (force and current not in ACTIVE_STATES):
+            fresh.append(p)
+            outcomes[p.run_id] = SubmitOutcome(p.run_id, "dry-run", current, None, run_dir,
+                                               spec=spec)
+        elif died:
+            outcomes[p.run_id] = SubmitOutcome(
+                p.run_id, "refused", current, run.job_id, run_dir, spec=spec,
+                note=f"{current} but job {run.job_id} is gone: the submission would stop here; "
+                f"`hcli resume {p.run_id}`",
+            )
+        elif current in ACTIVE_STATES and not force or current == "COMPLETED":
+            outcomes[p.run_id] = SubmitOutcome(
+                p.run_id, "exists", current, run.job_id, run_dir, spec=spec,
+                note=f"already {current} (job {run.job_id}); skipped",
+            )
+        else:
+            why = (
+                f"cancel it first (hcli cancel {p.run_id})" if current in ACTIVE_STATES
+                else f"`hcli resume {p.run_id}`, or --force to start it over"
+            )
+            outcomes[p.run_id] = SubmitOutcome(
+                p.run_id, "refused", current, run.job_id, run_dir, spec=spec,
+                note=f"{current}: the submission would stop here; {why}",
+            )
+    for plan in plan_submissions(fresh, root, max_parallel):
+        plan.sbatch = render_sbatch(
+            plan.members[0].spec, plan.folder, job_name=plan.job_name, runs_root=root,
+            dependency=dependency, array_parallelism=plan.parallelism,
+            array_size=len(plan.members),
+        )
+        for index, member in enumerate(plan.members):
+            o = outcomes[member.run_id]
+            o.array, o.sbatch = plan, plan.sbatch
+            o.task = index if plan.is_array else None
+    return [outcomes[p.run_id] for p in planned]
 
 
 def _wait_until_ended(run: Run, state: dict, timeout_s: float = 60.0) -> None:
