@@ -81,7 +81,9 @@ class SegLoss(nn.Module):
     `outputs` is the model's dict ("fine", and "coarse"/"binary" when hierarchical); `targets`
     the dict of `jobs.hierarchy.derive_targets` (or just the fine mask when not hierarchical).
     total = fine + coarse_weight * coarse + binary_weight * binary; `parts` holds each head's
-    loss and the fine head's dice/focal (or ce) terms, detached.
+    loss and the fine head's dice/focal (or ce) terms, detached. `head_weights` (a curriculum
+    stage's, jobs.curriculum) replaces those three weights; every head is then computed, a zero
+    weight included, so each stage's step costs the same and keeps every head in the graph.
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class SegLoss(nn.Module):
         self,
         outputs: Mapping[str, torch.Tensor],
         targets: Mapping[str, torch.Tensor] | torch.Tensor,
+        head_weights: Mapping[str, float] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if isinstance(targets, torch.Tensor):
             if self.hierarchical:
@@ -134,11 +137,13 @@ class SegLoss(nn.Module):
             fine, fine_parts = self.head_loss(outputs["fine"], targets["fine"].long(), weights)
             parts = {"fine": fine.detach()}
             parts |= {f"fine_{k}": v.detach() for k, v in fine_parts.items()}
-            total = fine
+            total = fine if head_weights is None else head_weights["fine"] * fine
             if self.hierarchical:
                 for head, w in (("coarse", self.spec.coarse_weight),
                                 ("binary", self.spec.binary_weight)):
-                    if not w:
+                    if head_weights is not None:
+                        w = head_weights[head]
+                    elif not w:
                         continue
                     loss, _ = self.head_loss(outputs[head], targets[head].long(), None)
                     parts[head] = loss.detach()

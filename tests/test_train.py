@@ -36,13 +36,16 @@ RESUME_BASE = (
     "train.val_every_steps=20",
 )
 # The exact-resume test runs once per line: a kind and what its resume spec adds to RESUME_BASE.
+# `kind:variant` labels a second configuration of one kind.
 RESUMABLE: dict[str, tuple[str, ...]] = {
     "multiclass": ("model.hierarchical=true",),
+    "multiclass:curriculum": ("model.hierarchical=true", "model.attention=prototypes",
+                              "train.curriculum=[binary,coarse,fine]"),
 }
 
 
 def _train(runs: Path, data: Path, *extra: str, kind: str = "multiclass") -> Path:
-    run_cli(["submit", kind, "--foreground", "--runs-dir", str(runs),
+    run_cli(["submit", kind.split(":")[0], "--foreground", "--runs-dir", str(runs),
              *tiny_overrides(data, *extra)])
     return _only_run(runs)
 
@@ -103,7 +106,7 @@ def _start(runs: Path, data: Path, kind: str) -> subprocess.Popen[str]:
         [
             *HCLI,
             "submit",
-            kind,
+            kind.split(":")[0],
             "--foreground",
             "--runs-dir",
             str(runs),
@@ -160,7 +163,7 @@ def test_sigkill_and_resume_is_bitwise_identical(references, synth_data, tmp_pat
     assert state["state"] == "RUNNING", f"killed near step {target}"  # the job never knew
     status = json.loads(run_cli(["status", "--json", "--runs-dir", str(runs)]).stdout)
     assert status[0]["state"] == "FAILED"  # the process is gone: status says so
-    again = run_cli(["submit", kind, "--foreground", "--runs-dir", str(runs),
+    again = run_cli(["submit", kind.split(":")[0], "--foreground", "--runs-dir", str(runs),
                      *tiny_overrides(synth_data, *RESUME_BASE, *RESUMABLE[kind])], check=False)
     assert again.returncode == 2 and f"hcli resume {run.name}" in again.stderr
     done = sorted((run / "checkpoints").glob("step-*.pt.done"))

@@ -2,25 +2,37 @@
 
 A task on the shared engine (jobs.engine): this module says only what is particular to it: the
 fold's crops as the one training feed, the segmenter and its loss, sliding-window validation by
-mIoU, and the test-set evaluation that becomes results.json.
+mIoU, and the test-set evaluation that becomes results.json. Two options (docs/innovations.md):
+prototype attention (model.attention) adds its auxiliary loss and is initialised from the fold's
+training pixels; a curriculum (train.curriculum) sets which heads carry loss at each step.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from hcli.classes import CLASS_NAMES
 from hcli.data.manifest import load_manifest
 from hcli.data.splits import get_fold
 from hcli.data.stats import class_table, class_weights, rare_classes
+from jobs.curriculum import Curriculum
 from jobs.data import build_eval_dataset, build_train_loader
 from jobs.engine import run_task
 from jobs.hierarchy import fine_to_coarse_lut
 from jobs.losses import SegLoss
 from jobs.models import build_segmenter
+from jobs.models.prototypes import (
+    init_prototypes_kmeans,
+    prototype_loss,
+    resized_samples,
+    save_attention_figures,
+)
+from jobs.models.segmenter import Segmenter
 from jobs.multiclass.evaluate import evaluate, save_samples
 from jobs.task import Feed, Fetch, Task, TrainState
 
@@ -39,6 +51,8 @@ _TEST_KEYS = (
     "pixel_accuracy",
     "per_coarse_iou",
 )
+# Training images whose pixels seed the prototypes' k-means (a sample: it runs once, at step 0).
+_PROTOTYPE_INIT_IMAGES = 64
 
 
 class MulticlassTask(Task):
@@ -78,7 +92,92 @@ class MulticlassTask(Task):
         n_coarse = 1 + len(spec.model.coarse_groups) if spec.model.hierarchical else None
         self.criterion = SegLoss(spec.loss, self.weights, spec.model.hierarchical,
                                  n_coarse).to(self.env.device)
+        self.model = model
+        self.micro = 0  # micro-batches trained: the curriculum's clock, restored on resume
+        self.curriculum = Curriculum.from_spec(spec.train)
+        self._stage_applied: int | None = None
+        self._proto_loss: list[torch.Tensor] = []
+        self._hooks: list[Any] = []
+        self._saved_lr: list[float] | None = None
+        if self.curriculum is not None:
+            self._check_curriculum()
+        if spec.model.attention == "prototypes" and spec.model.prototypes.init == "kmeans":
+            self._init_prototypes(model)
         return model
+
+    def _resuming(self) -> bool:
+        return any((self.env.run_dir / "checkpoints").glob("step-*.pt.done"))
+
+    def _init_prototypes(self, model: Segmenter) -> None:
+        """k-means over the fold's training pixels, once: a resumed run loads its prototypes."""
+        if self._resuming():
+            return
+        device, crop = self.env.device, self.spec.data.crop_size
+        model.to(device).eval()
+        gen = torch.Generator().manual_seed(self.spec.seed)
+        train_set = build_eval_dataset(self.spec, self.manifest, self.fold.train)
+        samples = ((img.to(device), mask) for img, mask in
+                   resized_samples(train_set, crop, _PROTOTYPE_INIT_IMAGES, gen))
+        assert model.attention is not None
+        with self.env.autocast():
+            empty = init_prototypes_kmeans(
+                model.attention, lambda x: model.decoder(model.encoder(x)), samples,
+                seed=self.spec.seed)
+        model.train()
+        if empty:
+            warnings.warn(f"prototypes of {[CLASS_NAMES[c] for c in empty]} stay random: no "
+                          "training pixel of theirs in this fold", stacklevel=1)
+
+    def _check_curriculum(self) -> None:
+        from hcli.errors import UserError
+
+        if self.env.world_size > 1 and self.spec.train.curriculum_freeze_encoder:
+            raise UserError("train.curriculum_freeze_encoder does not work with several "
+                            "processes (DDP expects every gradient); leave it empty")
+        if any(m != 1 for m in self.curriculum.lr_mults):  # type: ignore[union-attr]
+            from torch.optim.optimizer import (
+                register_optimizer_step_post_hook,
+                register_optimizer_step_pre_hook,
+            )
+
+            # The engine owns the optimizer; a stage's learning-rate multiplier is applied
+            # around its step (the schedule sets the lr afresh after every step).
+            self._hooks = [register_optimizer_step_pre_hook(self._scale_lr),
+                           register_optimizer_step_post_hook(self._restore_lr)]
+
+    def _scale_lr(self, opt: torch.optim.Optimizer, *_: Any) -> None:
+        first = next(self.model.parameters())
+        if any(p is first for g in opt.param_groups for p in g["params"]):
+            self._saved_lr = [g["lr"] for g in opt.param_groups]
+            for g in opt.param_groups:
+                g["lr"] *= self.curriculum.lr_mult  # type: ignore[union-attr]
+
+    def _restore_lr(self, opt: torch.optim.Optimizer, *_: Any) -> None:
+        saved = self._saved_lr
+        if saved is not None and len(saved) == len(opt.param_groups):
+            for g, lr in zip(opt.param_groups, saved, strict=True):
+                g["lr"] = lr
+            self._saved_lr = None
+
+    def _enter_stage(self, step: int) -> None:
+        """At each optimizer step's first micro-batch: move to the step's stage and apply it."""
+        cur = self.curriculum
+        assert cur is not None
+        t = self.spec.train
+        if self.env.world_size > 1 and cur.plateau and step and step % t.val_every_steps == 0:
+            from jobs.distributed import broadcast_object
+
+            cur.load_state_dict(broadcast_object(cur.state_dict()))  # main rank validated
+        cur.advance(step)
+        if self._stage_applied == cur.index:
+            return
+        for p in self.model.encoder.parameters():
+            p.requires_grad_(not cur.encoder_frozen)
+        if self.env.is_main:
+            print(f"curriculum: step {step}: stage {cur.index} ({cur.stage}) of "
+                  f"{list(cur.stages)}, heads {cur.head_weights(self.spec.loss)}, lr x"
+                  f"{cur.lr_mult}{', encoder frozen' if cur.encoder_frozen else ''}", flush=True)
+        self._stage_applied = cur.index
 
     def provenance(self) -> dict[str, Any]:
         init = self.spec.model.init_from
@@ -86,6 +185,10 @@ class MulticlassTask(Task):
                 "test_ids": self.fold.test, "init_from": [str(init)] if init else []}
 
     def micro_step(self, fetch: Fetch, forward: Callable[..., Any]) -> torch.Tensor:
+        accum = self.spec.train.accum_steps
+        if self.curriculum is not None and self.micro % accum == 0:
+            self._enter_stage(self.micro // accum)
+        self.micro += 1
         batch = fetch("train")
         device = self.env.device
         images = batch["image"].to(device, non_blocking=True)
@@ -98,8 +201,34 @@ class MulticlassTask(Task):
             targets = batch["mask"].to(device, non_blocking=True)
         with self.env.autocast():
             outputs = forward(images)
-        loss, _ = self.criterion(outputs, targets)
+        weights = None if self.curriculum is None else self.curriculum.head_weights(self.spec.loss)
+        loss, _ = self.criterion(outputs, targets, weights)
+        if "prototype_sims" in outputs:
+            fine = targets["fine"] if isinstance(targets, dict) else targets
+            assert self.model.attention is not None
+            extra = prototype_loss(self.model.attention, outputs["prototype_sims"], fine)
+            self._proto_loss.append(extra.detach())
+            loss = loss + self.spec.model.prototypes.loss_weight * extra
         return loss
+
+    def train_logs(self) -> dict[str, Any]:
+        logs: dict[str, Any] = {}
+        if self.curriculum is not None:
+            logs["stage"] = self.curriculum.index
+        if self._proto_loss:
+            logs["prototype_loss"] = float(torch.stack(self._proto_loss).mean())
+            self._proto_loss = []
+        return logs
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.curriculum is None:
+            return {}
+        return {"micro": self.micro, "curriculum": self.curriculum.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.curriculum is not None:
+            self.micro = int(state["micro"])
+            self.curriculum.load_state_dict(state["curriculum"])
 
     def _evaluate(self, model: torch.nn.Module, dataset: Any, **kw: Any) -> dict[str, Any]:
         return evaluate(model, dataset, self.spec, self.rare, self.env.device, self.env.autocast,
@@ -107,6 +236,12 @@ class MulticlassTask(Task):
 
     def validate(self, model: torch.nn.Module) -> dict[str, Any]:
         m = self._evaluate(model, self.val_set)
+        cur = self.curriculum
+        if cur is not None and cur.plateaued(m):
+            step = self.micro // self.spec.train.accum_steps
+            print(f"curriculum: step {step}: stage {cur.stage} stopped improving its "
+                  f"validation figure; next stage", flush=True)
+            cur.end_stage(step)
         return {"miou": m["miou"] or 0.0,
                 **{k: m[k] for k in ("binary_miou", "coarse_miou", "rare_miou", "per_class_iou")}}
 
@@ -115,6 +250,10 @@ class MulticlassTask(Task):
         samples = save_samples(model, self.test_set, self.spec,
                                self.env.run_dir / "figures" / "samples", self.env.device,
                                self.env.autocast, self.spec.train.overlays)
+        if self.spec.model.attention == "prototypes":
+            save_attention_figures(model, self.test_set, self.spec.data.crop_size,
+                                   self.env.run_dir / "figures" / "prototypes", self.env.device,
+                                   self.spec.train.overlays, list(CLASS_NAMES))
         return {
             "split": "test",
             "protocol": self.spec.data.protocol,
@@ -141,6 +280,10 @@ class MulticlassTask(Task):
                 f"F1 {'   -  ' if f1 is None else f'{f1:.4f}'}"
             )
         print("\n".join(lines), flush=True)
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
 
 
 run = functools.partial(run_task, task_cls=MulticlassTask)
