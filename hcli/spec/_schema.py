@@ -458,6 +458,12 @@ class Spec(_Section):
                 f"{meta.tasks_per_step}: a meta run takes one task per micro-step; set "
                 f"train.accum_steps={meta.tasks_per_step} or leave it unset"
             )
+        if self.model.grad_checkpointing:
+            raise ValueError(
+                "model.grad_checkpointing=true with kind=meta: the recomputation in backward "
+                "runs outside torch.func.functional_call and would see the meta-weights, not "
+                "the adapted ones; set model.grad_checkpointing=false"
+            )
         if self.data.val_fraction == 0:
             raise ValueError(
                 "data.val_fraction=0 with kind=meta, which selects checkpoints on held-out "
