@@ -1,0 +1,96 @@
+"""The binary → coarse → fine curriculum: head weights per stage, stage ends, its state, the spec
+rules. (Exact resume across a stage boundary: tests/test_train.py, `multiclass:curriculum`.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hcli.errors import SpecError
+from hcli.spec import LossSpec, load_spec
+from jobs.curriculum import Curriculum, stage_head_weights
+from jobs.losses import SegLoss
+
+CURRICULUM = ["model.hierarchical=true", "train.curriculum=[binary,coarse,fine]",
+              "train.steps=12", "train.warmup_steps=2"]
+
+
+def test_head_weights_per_stage() -> None:
+    loss = LossSpec(coarse_weight=0.3, binary_weight=0.2)
+    assert stage_head_weights("binary", loss) == {"fine": 0.0, "coarse": 0.0, "binary": 1.0}
+    assert stage_head_weights("coarse", loss) == {"fine": 0.0, "coarse": 1.0, "binary": 0.2}
+    assert stage_head_weights("fine", loss) == {"fine": 1.0, "coarse": 0.3, "binary": 0.2}
+
+
+def test_seg_loss_carries_only_the_stage_heads() -> None:
+    torch.manual_seed(0)
+    spec = LossSpec(coarse_weight=0.3, binary_weight=0.2)
+    crit = SegLoss(spec, hierarchical=True, n_coarse=5)
+    outputs = {"fine": torch.randn(2, 16, 8, 8, requires_grad=True),
+               "coarse": torch.randn(2, 5, 8, 8), "binary": torch.randn(2, 2, 8, 8)}
+    targets = {"fine": torch.randint(0, 16, (2, 8, 8)), "coarse": torch.randint(0, 5, (2, 8, 8)),
+               "binary": torch.randint(0, 2, (2, 8, 8))}
+    plain, parts = crit(outputs, targets)
+    binary, _ = crit(outputs, targets, stage_head_weights("binary", spec))
+    coarse, _ = crit(outputs, targets, stage_head_weights("coarse", spec))
+    fine, _ = crit(outputs, targets, stage_head_weights("fine", spec))
+    torch.testing.assert_close(binary, parts["binary"])
+    torch.testing.assert_close(coarse, parts["coarse"] + 0.2 * parts["binary"])
+    torch.testing.assert_close(fine, plain)  # the last stage is the usual loss
+    binary.backward()
+    assert outputs["fine"].grad is not None and outputs["fine"].grad.abs().sum() == 0
+
+
+def test_stages_end_at_their_fractions_and_state_round_trips() -> None:
+    spec = load_spec(None, overrides=[*CURRICULUM, "train.curriculum_fractions=[0.25,0.25,0.5]",
+                                      "train.curriculum_lr_mults=[2,1,0.5]"])
+    cur = Curriculum.from_spec(spec.train)
+    assert cur is not None and cur.ends == (3, 6, 12)
+    seen = []
+    for step in range(12):
+        cur.advance(step)
+        seen.append(cur.stage)
+    assert seen == ["binary"] * 3 + ["coarse"] * 3 + ["fine"] * 6
+    assert cur.lr_mult == 0.5
+    fresh = Curriculum.from_spec(spec.train)
+    assert fresh is not None
+    fresh.load_state_dict(cur.state_dict())
+    assert (fresh.stage, fresh.start_step) == ("fine", 6)
+    assert Curriculum.from_spec(load_spec(None).train) is None
+
+
+def test_plateau_ends_a_stage_early() -> None:
+    spec = load_spec(None, overrides=[*CURRICULUM, "train.curriculum_plateau=2"])
+    cur = Curriculum.from_spec(spec.train)
+    assert cur is not None
+    assert not cur.plateaued({"binary_miou": 0.5})
+    assert not cur.plateaued({"binary_miou": 0.4})
+    assert cur.plateaued({"binary_miou": 0.5})  # two validations without a gain
+    cur.end_stage(2)
+    assert cur.stage == "coarse" and cur.start_step == 2 and cur.best is None
+    assert not cur.plateaued({"coarse_miou": 0.1})  # the coarse stage watches its own figure
+    cur.advance(8)
+    assert cur.stage == "fine"
+    assert not cur.plateaued({"miou": 0.0}) and not cur.plateaued({"miou": 0.0})
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["train.curriculum=[binary,coarse,fine]"], "model.hierarchical=true"),
+    (["model.hierarchical=true", "train.curriculum=[coarse,binary,fine]"], "binary to coarse"),
+    (["model.hierarchical=true", "train.curriculum=binary"], "bare comma makes a sweep"),
+    (["model.hierarchical=true", "train.curriculum=[coarse,fine]",
+      "train.curriculum_fractions=[0.5,0.3]"], "sum to 1"),
+    (["model.hierarchical=true", "train.curriculum=[coarse,fine]",
+      "train.curriculum_lr_mults=[1]"], "one per stage"),
+    (["model.hierarchical=true", "train.curriculum=[coarse,fine]",
+      "train.curriculum_freeze_encoder=[binary]"], "not stages"),
+])
+def test_spec_rules_say_how_to_fix(overrides: list[str], needle: str) -> None:
+    with pytest.raises(SpecError) as err:
+        load_spec(None, overrides=overrides)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_yaml_string_is_the_list_it_spells() -> None:
+    spec = load_spec(None, overrides=["model.hierarchical=true", "train.curriculum='coarse,fine'"])
+    assert spec.train.curriculum == ("coarse", "fine")
