@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -94,12 +95,17 @@ def make_runs(root: Path, n: int, seed: int = 0) -> dict[str, int]:
             executor, job_id = "local", "foreground"
         jobs = [{"job_id": job_id, "executor": executor, "submitted_at": _iso(created),
                  "attempt": 1, "starts": [_iso(created + timedelta(minutes=2))]}]
+        # An ended run last changed when it ended, a few hours after it was created; so most of
+        # an archive ended more than a day ago, as in a lab's runs root.
+        ended = min(now, created + timedelta(hours=rng.uniform(0.2, 12)))
+        updated = ended if state in ("COMPLETED", "FAILED", "CANCELLED") \
+            else now - timedelta(minutes=3)
         restarts = rng.choice([0, 0, 0, 1, 2]) if state != "PENDING" else 0
         st = {"run_id": run_id, "kind": "multiclass", "backbone": backbone, "name": "quickstart",
               "state": state, "attempt": 1, "restarts": restarts, "executor": executor,
               "jobs": jobs, "requeues": [{"at": _iso(created + timedelta(hours=1)), "step": 500,
                                           "reason": "USR2", "job_id": job_id}] * restarts,
-              "created_at": _iso(created), "updated_at": _iso(now - timedelta(minutes=3)),
+              "created_at": _iso(created), "updated_at": _iso(updated),
               "message": "FileNotFoundError: ..." if state == "FAILED" else None,
               "host": "node01", "pid": 4_000_000 + i}
         (run / "state.json").write_text(json.dumps(st, indent=2))
@@ -205,6 +211,37 @@ def _time_cold(cmd: list[str], cache: Path, reps: int, env: dict[str, str]) -> S
     return out
 
 
+def _time_interleaved_prepared(cmds: dict[str, list[str]], reps: int, env: dict[str, str],
+                               envs: dict[str, dict[str, str]],
+                               before: dict[str, Callable[[], object]]) -> dict[str, Samples]:
+    """`time_interleaved`, with a step run untimed before some commands (deleting the index)."""
+    out = {name: Samples([], []) for name in cmds}
+    for i in range(reps + 2):  # two untimed warm-up rounds
+        for name, cmd in cmds.items():
+            if name in before:
+                before[name]()
+            wall, cpu = time_command(cmd, envs.get(name, env), cwd=REPO)
+            if i >= 2:
+                out[name].values.append(wall)
+                out[name].cpu.append(cpu)  # type: ignore[union-attr]
+    return out
+
+
+def _time_collect(root: Path, hcli: list[str], py: list[str], env: dict[str, str], out: Path,
+                  n: int) -> list[str]:
+    """`hcli collect --no-figures` over every run, once (it takes seconds), beside python."""
+    import time
+
+    base = time_command(py, env, cwd=REPO)[0]
+    cmd = [*hcli, "collect", "--runs-dir", str(root), "--out", str(out), "--no-figures",
+           "--format", "md,csv,json"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    return [f"\nhcli collect --no-figures over {n} runs (once): {wall:.1f} s, "
+            f"{(wall - base) / n * 1e3:.2f} ms per run (python -c pass {base * 1e3:.0f} ms)"]
+
+
 def _slurm_env(env_file: Path) -> dict[str, str] | None:
     """The environment after `source env_file`, when it exists and squeue answers."""
     if not env_file.is_file():
@@ -236,6 +273,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=500)
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--slurm-env", type=Path, default=Path("/tmp/hcli-slurm/env.sh"))
+    ap.add_argument("--skip-slurm", action="store_true", help="Only the timings without SLURM.")
+    ap.add_argument("--baseline-tree", type=Path, default=None,
+                    help="Another checkout of hcli (e.g. `git worktree add /tmp/hcli-old "
+                    "HEAD~1`), timed interleaved with this one through PYTHONPATH.")
+    ap.add_argument("--collect", action="store_true",
+                    help="Also time `hcli collect --no-figures` over every run (once).")
     args = ap.parse_args()
     hcli = hcli_command()
     py = [sys.executable, "-c", "pass"]
@@ -253,13 +296,31 @@ def main() -> None:
         no_slurm = dict(os.environ, PATH=str(no_slurm_bin))
         no_slurm.pop("HCLI_DEBUG", None)
         status = [*hcli, "status", "--runs-dir", str(root)]
+        subprocess.run(status, env=no_slurm, check=True, stdout=subprocess.DEVNULL)  # the index
+        index = root / ".cache" / "index.json"
         cmds = {"python -c pass": py, "hcli --help": [*hcli, "--help"], "hcli status": status,
-                "hcli status --json": [*status, "--json"]}
-        lines = _report("without SLURM on the PATH",
-                        time_interleaved(cmds, args.reps, env=no_slurm))
+                "hcli status --json": [*status, "--json"], "hcli status --all": [*status, "--all"],
+                "hcli status, no index": status}
+        envs = {}
+        if args.baseline_tree is not None:
+            old = dict(no_slurm, PYTHONPATH=str(args.baseline_tree.resolve()))
+            for name, extra in (("status", ()), ("status --json", ("--json",))):
+                cmds[f"baseline: hcli {name}"] = [*status, *extra]
+                envs[f"baseline: hcli {name}"] = old
+        before = {"hcli status, no index": lambda: index.unlink(missing_ok=True)}
+        timed = _time_interleaved_prepared(cmds, args.reps, no_slurm, envs, before)
+        lines = _report("without SLURM on the PATH (index warm unless said; 'no index': deleted "
+                        "before each call, the first call's cost)", timed)
+        shown = subprocess.run(status, env=no_slurm, check=True, capture_output=True, text=True)
+        lines.append(f"  hcli status prints {len(shown.stdout.splitlines())} lines; last: "
+                     f"{shown.stdout.splitlines()[-1][:100]!r}")
+        if args.collect:
+            lines += _time_collect(root, hcli, py, no_slurm, Path(tmp) / "report", args.runs)
 
-        slurm = _slurm_env(args.slurm_env)
-        if slurm is None:
+        slurm = None if args.skip_slurm else _slurm_env(args.slurm_env)
+        if args.skip_slurm:
+            lines.append("\nwith SLURM: skipped (--skip-slurm)")
+        elif slurm is None:
             lines.append(f"\nwith SLURM: skipped ({args.slurm_env} missing or squeue silent)")
         else:
             slurm.pop("HCLI_DEBUG", None)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from hcli.errors import RunError
 from hcli.fsutil import atomic_write_json, atomic_write_text, read_json
 from hcli.runs_dir import resolve_runs_dir
+from hcli.scan import ACTIVE_STATES, STATES, run_folders
 
 # Imported where used: pydantic models, yaml and filelock cost ~45 ms, which the light commands
 # (`hcli logs`, `hcli cancel`) need not pay (benchmarks/bench_cli.py).
@@ -39,8 +40,6 @@ __all__ = [
     "snapshot_code",
 ]
 
-STATES = ("PENDING", "RUNNING", "REQUEUED", "COMPLETED", "FAILED", "CANCELLED")
-ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _SNAPSHOT_DIRS = ("hcli", "jobs", "configs")
 
@@ -203,7 +202,11 @@ def find_run(root: Path, ref: str) -> Run:
         return Run(as_path.resolve())
     if (root / ref / "state.json").is_file():
         return Run(root / ref)
-    matches = [r for r in iter_runs(root) if r.run_id.startswith(ref) or r.run_id.endswith(ref)]
+    # Names first, state.json only for the few that match: one listing of the runs root.
+    matches = [
+        Run(root / name) for name in run_folders(root)
+        if (name.startswith(ref) or name.endswith(ref)) and (root / name / "state.json").is_file()
+    ]
     if len(matches) == 1:
         return matches[0]
     if not matches:
@@ -212,12 +215,7 @@ def find_run(root: Path, ref: str) -> Run:
 
 
 def iter_runs(root: Path) -> Iterator[Run]:
-    if not root.is_dir():
-        return
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if (
-            entry.is_dir()
-            and not entry.name.startswith(".")
-            and os.path.isfile(os.path.join(entry.path, "state.json"))
-        ):
-            yield Run(Path(entry.path))
+    """Every run folder (one with a state.json) under `root`, by name (`hcli.scan` lists them)."""
+    for name in run_folders(root):
+        if os.path.isfile(os.path.join(root, name, "state.json")):
+            yield Run(root / name)

@@ -14,7 +14,6 @@ beside the run folders: one `sacct` round trip through slurmdbd costs 80-100 ms,
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -23,6 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hcli.errors import ClusterError
+from hcli.fsutil import read_json
+from hcli.scan import ACTIVE_STATES, ENDED_STATES
 
 __all__ = [
     "ENDED",
@@ -37,15 +38,15 @@ __all__ = [
 
 # squeue answered and no longer lists the job, and sacct cannot say how it ended.
 GONE = "GONE"
+# SLURM's job states, over the run states of hcli.scan (which SLURM spells the same way).
 # A job in one of these states is over for good (its run folder may not know it yet).
-ENDED = frozenset({
-    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
-    "BOOT_FAIL", "DEADLINE", GONE,
-})
-_ALIVE = frozenset({
-    "PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD",
-    "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT",
-})
+ENDED = frozenset(ENDED_STATES) | {
+    "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE", GONE,
+}
+_ALIVE = frozenset(ACTIVE_STATES) | {
+    "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
+    "SIGNALING", "STAGE_OUT",
+}
 # A job neither squeue nor sacct knows (slurmdbd behind or down) is asked about again after this.
 _RECHECK_GONE_S = 3600.0
 
@@ -144,10 +145,7 @@ class SchedulerQuery:
     def _read_cache(self) -> dict[str, dict]:
         if self.cache_path is None:
             return {}
-        try:
-            data = json.loads(self.cache_path.read_bytes())
-        except (OSError, ValueError):
-            return {}
+        data = read_json(self.cache_path)
         return {
             j: e for j, e in data.items()
             if isinstance(e, dict) and isinstance(e.get("state"), str)

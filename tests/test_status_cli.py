@@ -35,6 +35,11 @@ def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ["--kind=pretrain", "--json"],
     ["--kind", "multiclass", "--kind", "pretrain"],  # the last one wins, as in click
     ["--state", "RUNNING", "--json", "--kind", "multiclass"],
+    ["multiclass-*"],
+    ["--json", "*-[ab]???", "--state", "completed"],
+    ["--since", "1h", "--kind", "multiclass"],
+    ["--all"],
+    ["--state", "failed", "--json", "--since", "30m"],
 ])
 def test_fast_path_prints_what_typer_prints(runs: Path, args: list[str],
                                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -65,10 +70,16 @@ def test_fast_path_leaves_everything_else_to_typer(args: list[str]) -> None:
 
 
 def test_parse_status_args() -> None:
+    none = {"json_out": False, "all_runs": False, "kind": None, "state": None, "since": None,
+            "runs_dir": None, "pattern": None}
     assert _fast.parse_status_args(["--runs-dir=/a=b", "--state", "failed", "--json"]) == {
-        "json_out": True, "kind": None, "state": "failed", "runs_dir": "/a=b"}
-    assert _fast.parse_status_args([]) == {
-        "json_out": False, "kind": None, "state": None, "runs_dir": None}
+        **none, "json_out": True, "state": "failed", "runs_dir": "/a=b"}
+    assert _fast.parse_status_args([]) == none
+    assert _fast.parse_status_args(["multiclass-*", "--since", "7d", "--all"]) == {
+        **none, "pattern": "multiclass-*", "since": "7d", "all_runs": True}
+    # A RUN without glob characters is one run in detail: Typer's.
+    assert _fast.parse_status_args(["multiclass-swin-aaaa"]) is None
+    assert _fast.parse_status_args(["a*", "b*"]) is None
 
 
 def test_unknown_option_still_gets_typers_error(runs: Path,

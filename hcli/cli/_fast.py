@@ -15,18 +15,27 @@ from typing import Any
 
 __all__ = ["parse_status_args", "try_status"]
 
-_FLAGS = {"--json": "json_out"}
-_VALUED = {"--kind": "kind", "--state": "state", "--runs-dir": "runs_dir"}
+_FLAGS = {"--json": "json_out", "--all": "all_runs"}
+_VALUED = {
+    "--kind": "kind", "--state": "state", "--since": "since", "--runs-dir": "runs_dir",
+}
+# A RUN argument with one of these is a glob on run ids (as hcli.status.is_pattern says).
+_GLOB = "*?["
 
 
 def parse_status_args(args: list[str]) -> dict[str, Any] | None:
     """The options of `hcli status ARGS` as the Typer command would receive them, or None when
     ARGS holds anything this parser does not handle exactly like click."""
-    opts: dict[str, Any] = {"json_out": False, "kind": None, "state": None, "runs_dir": None}
+    opts: dict[str, Any] = {"json_out": False, "all_runs": False, "kind": None, "state": None,
+                            "since": None, "runs_dir": None, "pattern": None}
     i = 0
     while i < len(args):
         name, eq, value = args[i].partition("=")
-        if name in _FLAGS and not eq:
+        if not name.startswith("-") and any(c in args[i] for c in _GLOB):
+            if opts["pattern"] is not None:
+                return None  # click's "unexpected extra argument"
+            opts["pattern"] = args[i]
+        elif name in _FLAGS and not eq:
             opts[_FLAGS[name]] = True
         elif name in _VALUED:
             if not eq:
@@ -53,7 +62,6 @@ def try_status(args: list[str]) -> bool:
     from hcli.cli._status_view import show
     from hcli.runs_dir import resolve_runs_dir
 
-    runs_dir = opts["runs_dir"]
-    root = resolve_runs_dir(Path(runs_dir) if runs_dir is not None else None)
-    show(root, kind=opts["kind"], state=opts["state"], json_out=opts["json_out"])
+    runs_dir = opts.pop("runs_dir")
+    show(resolve_runs_dir(Path(runs_dir) if runs_dir is not None else None), **opts)
     return True

@@ -8,7 +8,10 @@ from typing import Any
 
 from hcli.cli._output import print_json
 
-__all__ = ["COLUMNS", "STATE_STYLE", "cells", "fmt_duration", "format_table", "show", "show_run"]
+__all__ = [
+    "COLUMNS", "STATE_STYLE", "cells", "fmt_duration", "format_table", "hidden_line", "show",
+    "show_run", "window",
+]
 
 COLUMNS = (
     "run id",
@@ -73,11 +76,24 @@ def _style(text: str, style: str, color: bool) -> str:
     return f"\x1b[{_SGR[style]}m{text}\x1b[0m" if color else text
 
 
-def format_table(rows: list[dict[str, Any]], root: Path, color: bool) -> str:
+def hidden_line(hidden: int, since: str) -> str:
+    """The line under the table that says what the time window left out, and how to see it."""
+    runs = "1 run" if hidden == 1 else f"{hidden} runs"
+    return (f"{runs} that ended more than {since} ago not shown: `hcli status --all` shows every "
+            "run, `--since 7d` a wider window")
+
+
+def format_table(rows: list[dict[str, Any]], root: Path, color: bool, *, hidden: int = 0,
+                 since: str = "", filtered: bool = False) -> str:
     # Fixed-width columns by hand, not rich.Table: rich measures and wraps every cell, ~0.5 s for
     # 500 runs on a 2-core machine (benchmarks/bench_cli.py), against a few ms here; one run per
     # line never needs wrapping, and piped output (grep, logs) gets whole rows.
+    footer = f"\n{hidden_line(hidden, since)}" if hidden else ""
     if not rows:
+        if hidden:
+            return f"no run under {root} is active or ended in the last {since}{footer}"
+        if filtered:
+            return f"no run under {root} matches the filters given"
         return f"no runs under {root} (submit one: hcli submit multiclass --config quickstart)"
     table = [list(COLUMNS), *(cells(r) for r in rows)]
     if not any(row[-1] for row in table[1:]):
@@ -95,7 +111,7 @@ def format_table(rows: list[dict[str, Any]], root: Path, color: bool) -> str:
         elif row[3] in STATE_STYLE:
             padded[3] = _style(padded[3], STATE_STYLE[row[3]], color)
         lines.append("  ".join(padded).rstrip())
-    return "\n".join(lines)
+    return "\n".join(lines) + footer
 
 
 def _reason_room(widths: list[int]) -> int | None:
@@ -119,15 +135,36 @@ def _color_wanted() -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
-def show(root: Path, *, kind: str | None, state: str | None, json_out: bool) -> None:
-    """Print the status of every run under `root` once (what `hcli status` without --watch does)."""
-    from hcli.status import status_rows
+def window(since: str | None, all_runs: bool, json_out: bool) -> tuple[str, float | None]:
+    """The time window for ended runs as (text, seconds; None: no window). The table shows the
+    runs ended in the last 24 h unless told otherwise; --json keeps every run unless --since."""
+    from hcli.status import DEFAULT_SINCE, parse_since
 
-    rows = status_rows(root, kind=kind, state=state)
+    if all_runs and since is not None:
+        from hcli.errors import UserError
+
+        raise UserError("--all shows every run and --since a window of them; give one")
+    if all_runs or (json_out and since is None):
+        return "", None
+    text = since if since is not None else DEFAULT_SINCE
+    return text, parse_since(text)
+
+
+def show(root: Path, *, kind: str | None, state: str | None, json_out: bool,
+         pattern: str | None = None, since: str | None = None, all_runs: bool = False) -> None:
+    """Print the status of the runs under `root` once (what `hcli status` without --watch does):
+    those the filters keep, and of the ended ones only those in the time window."""
+    from hcli.status import select_rows
+
+    text, since_s = window(since, all_runs, json_out)
+    rows, hidden = select_rows(root, kind=kind, state=state, pattern=pattern, since_s=since_s)
     if json_out:
         print_json(rows)
     else:
-        sys.stdout.write(format_table(rows, root, _color_wanted()) + "\n")
+        filtered = bool(kind or state or pattern)
+        out = format_table(rows, root, _color_wanted(), hidden=hidden, since=text,
+                           filtered=filtered)
+        sys.stdout.write(out + "\n")
 
 
 def _when(iso: str | None) -> str:

@@ -19,6 +19,7 @@ def run_collect(
     formats: str = _ALL_FORMATS,
     group_by: str | None = None,
     runs_dir: Path | None = None,
+    figures: bool = True,
 ) -> Any:
     """Resolve the runs and write the report; returns `hcli.report.CollectResult`."""
     from datetime import datetime
@@ -30,7 +31,7 @@ def run_collect(
     runs = resolve_run_args(refs, resolve_runs_dir(runs_dir))
     if out is None:
         out = Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    return collect(runs, out, wanted, group_by)
+    return collect(runs, out, wanted, group_by, figures=figures)
 
 
 def register(app: typer.Typer) -> None:
@@ -58,12 +59,15 @@ def register(app: typer.Typer) -> None:
             typer.Option("--group-by", help="Spec field the comparison compares "
                          "(default: model.backbone).", show_default=False),
         ] = None,
+        no_figures: Annotated[
+            bool, typer.Option("--no-figures", help="Tables only (fast over thousands of runs).")
+        ] = False,
         runs_dir: RunsDir = None,
         json_out: Json = False,
     ) -> None:
         """Tables (per run, across backbones, per class, ablations, domains) and figures."""
         result = run_collect(runs or [], out=out, formats=formats, group_by=group_by,
-                             runs_dir=runs_dir)
+                             runs_dir=runs_dir, figures=not no_figures)
         if json_out:
             print_json(result.to_json())
             return

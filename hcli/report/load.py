@@ -438,14 +438,13 @@ def _is_run_folder(path: Path) -> bool:
 
 
 def discover_runs(root: Path) -> list[Path]:
-    """Every run folder directly under the runs root, sorted by name."""
-    if not root.is_dir():
-        return []
-    return sorted(
-        (Path(e.path) for e in os.scandir(root)
-         if not e.name.startswith(".") and _is_run_folder(Path(e.path))),
-        key=lambda p: p.name,
-    )
+    """Every run folder directly under the runs root, sorted by name: those `hcli.scan` finds
+    (through the index `hcli status` keeps), and those with only a spec or results left."""
+    from hcli.scan import run_folders, scan
+
+    known = {os.path.basename(path) for path, _ in scan(root)}
+    return [root / name for name in run_folders(root)
+            if name in known or _is_run_folder(root / name)]
 
 
 def resolve_run_args(args: list[str], root: Path) -> list[Path]:
