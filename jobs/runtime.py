@@ -147,6 +147,8 @@ def run_job(run_dir: Path) -> dict[str, Any]:
     stop = StopFlag.install()
     dist = init_distributed()
     ctx = JobContext(run=run, spec=spec, job_id=current_job_id(), stop=stop, rank=dist.rank)
+    if _cancelled_before_start(ctx):
+        return {"status": "stopped", "step": None}
     if ctx.is_main:
         _mark_running(ctx, hardware(dist.world_size))
     try:
@@ -200,17 +202,40 @@ def _slurm_is_ending_job() -> bool:
     return fields.get("JobState") in ("COMPLETING", "CANCELLED")
 
 
+def _cancelled_before_start(ctx: JobContext) -> bool:
+    """True when this job must not run: its run was cancelled before it started.
+
+    `hcli cancel` marks the run before it calls scancel, and a pending array task can start in
+    between; a plain scancel's SIGTERM can arrive before `StopFlag` is installed, when
+    submitit's handler only logs it. Either job would otherwise mark the run RUNNING, with
+    no message, and train until SLURM kills it, saving nothing.
+    """
+    if ctx.run.state().get("state") == "CANCELLED":
+        return True  # `hcli cancel` recorded who and when
+    if not (_on_slurm() and _slurm_is_ending_job()):
+        return False
+    if ctx.is_main:
+        _update(ctx.run, state="CANCELLED", message=(
+            f"cancelled by scancel (SLURM was ending job {ctx.job_id}) before it started; "
+            f"`hcli resume {ctx.run.run_id}` starts it"
+        ))
+    return True
+
+
 def _after_stop(ctx: JobContext, outcome: Outcome, submitit_usr2: Any) -> dict[str, Any]:
     run = ctx.run
     cancelled = run.state().get("state") == "CANCELLED"  # `hcli cancel` marks before scancel
-    ending = outcome.reason == "SIGTERM" and _on_slurm() and _slurm_is_ending_job()
+    ending = (not cancelled and outcome.reason == "SIGTERM" and _on_slurm()
+              and _slurm_is_ending_job())
+    saved = f"saved at step {outcome.step}; `hcli resume {run.run_id}` continues from it"
     if cancelled or ending or not _on_slurm() or not callable(submitit_usr2):
-        by = "scancel or the scheduler ending the job" if ending else outcome.reason
-        msg = (
-            f"stopped by {by} at step {outcome.step}; "
-            f"`hcli resume {run.run_id}` continues from the checkpoint"
-        )
-        _update(run, ended=True, state="CANCELLED", message=msg)
+        if cancelled:
+            by = "cancelled by hcli cancel"
+        elif ending:
+            by = f"cancelled by scancel (SLURM was ending job {ctx.job_id})"
+        else:
+            by = f"stopped by {outcome.reason}"
+        _update(run, ended=True, state="CANCELLED", message=f"{by}; {saved}")
         return {"status": "stopped", "step": outcome.step}
     requeue = Requeue(at=now_iso(), step=outcome.step, reason=outcome.reason, job_id=ctx.job_id)
     requeues = [*run.state().get("requeues", []), dump(requeue)]
@@ -223,6 +248,10 @@ def _after_stop(ctx: JobContext, outcome: Outcome, submitit_usr2: Any) -> dict[s
         submitit_usr2(signal.SIGUSR2, None)
     except Exception:
         # submitit declined to requeue (slurm.max_requeues used up) and says so by raising.
-        _update(run, state="FAILED", message="stopped and out of requeues (slurm.max_requeues)")
+        by = "the time limit" if outcome.reason == "SIGUSR2" else "a preemption"
+        _update(run, state="CANCELLED", requeues=requeues[:-1], message=(
+            f"cancelled by {by} ({outcome.reason}) with its requeues used up "
+            f"(slurm.max_requeues={ctx.spec.slurm.max_requeues}); {saved}"
+        ))
         raise
     return {"status": "stopped", "step": outcome.step}

@@ -487,11 +487,27 @@ def cancel(
         if state["state"] not in ACTIVE_STATES:
             raise RunError(f"run {r.run_id} is {state['state']}; there is nothing to cancel")
         job = r.job_id
-        # Mark first: the job, receiving SIGTERM, reads this and saves without requeueing.
-        r.update_state(state="CANCELLED", message="cancelled by hcli cancel")
+        # Mark first: the job, receiving SIGTERM, reads this and saves without requeueing (and
+        # replaces this message with the step it saved at), or does not start at all.
+        r.update_state(state="CANCELLED", message=_cancel_message(r, state))
     if job and job != "foreground":
         cancel_job(job)
     typer.echo(f"{r.run_id}: cancelled (job {job}); `hcli resume {r.run_id}` continues it")
+
+
+def _cancel_message(run, state: dict) -> str:
+    """What `hcli cancel` records; true even if the job is killed before it can save."""
+    if state["state"] == "PENDING":
+        return f"cancelled by hcli cancel before it started; `hcli resume {run.run_id}` starts it"
+    done = sorted(run.checkpoints.glob("step-*.pt.done"))
+    newest = f"step {int(done[-1].name[5:13])}" if done else "none yet"
+    doing = "while running; the job saves as it stops" if state["state"] == "RUNNING" else (
+        "while waiting to be requeued"
+    )
+    return (
+        f"cancelled by hcli cancel {doing} (newest complete checkpoint then: {newest}); "
+        f"`hcli resume {run.run_id}` continues from the newest"
+    )
 
 
 def register(app: typer.Typer) -> None:
