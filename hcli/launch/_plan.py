@@ -67,17 +67,42 @@ def plan_runs(
     overrides: list[str] | None = None,
     base_dir: Path | None = None,
 ) -> list[PlannedRun]:
-    """Every run the arguments describe, each validated and resolved, duplicates dropped."""
+    """Every run the arguments describe, each validated and resolved, duplicates dropped.
+
+    A config's own `sweep:` (scenarios × axes, hcli.spec._sweep) comes first, then `-o`."""
     planned: dict[str, PlannedRun] = {}
+    scenarios, overrides = _config_sweep(config, overrides or [])
     for backbone in backbones or [None]:  # type: ignore[list-item]
-        for combo in expand_sweep(overrides or []):
-            flags = {"model.backbone": backbone} if backbone else {}
-            spec = resolve_paths(
-                load_spec(config, kind=kind, flags=flags, overrides=combo), base_dir
-            )
-            rid = run_id(spec)
-            planned.setdefault(rid, PlannedRun(rid, spec))
+        for scenario in scenarios:
+            for combo in expand_sweep(overrides):
+                flags = {"model.backbone": backbone} if backbone else {}
+                spec = resolve_paths(load_spec(config, kind=kind, flags=flags,
+                                               overrides=[*scenario, *combo]), base_dir)
+                rid = run_id(spec)
+                planned.setdefault(rid, PlannedRun(rid, spec))
     return list(planned.values())
+
+
+def _config_sweep(config: str | None, overrides: list[str]) -> tuple[list[list[str]], list[str]]:
+    """The override sets of the config's scenarios, and the `-o` overrides left for the spec."""
+    from hcli.spec._load import parse_override, read_config
+    from hcli.spec._sweep import SWEEP_KEY, parse_sweep
+
+    var_values, rest = {}, []
+    for text in overrides:
+        if text.startswith(f"{SWEEP_KEY}."):
+            key, value = parse_override(text)
+            if not key.startswith(f"{SWEEP_KEY}.vars.") or key.count(".") != 2:
+                raise SpecError(f"override {text!r}: only sweep.vars.NAME=VALUE can be set "
+                                "from the command line")
+            var_values[key.rsplit(".", 1)[1]] = value
+        else:
+            rest.append(text)
+    tree = read_config(config) if config is not None else {}
+    scenarios = parse_sweep(tree.get(SWEEP_KEY), str(config), var_values)
+    base = str(tree.get("name", "default"))
+    # Each scenario's runs are named for it (execution-only: the run ids stay as they are).
+    return [[f"name={base}-{s.name}", *s.overrides] if s.name else [] for s in scenarios], rest
 
 
 def plan_adapt(
@@ -94,11 +119,12 @@ def plan_adapt(
         raise SpecError("adapt.source_run is set by --from; drop -o adapt.source_run")
     planned: dict[str, PlannedRun] = {}
     for ref in sources:
-        run, _ = source_of(ref, root)
+        run, source = source_of(ref, root)
+        # The source's sections whole, as one layer (its spec.yaml is parsed once, not per run).
+        base = {k: v for k, v in source.model_dump(mode="json").items() if k != "kind"}
         for combo in expand_sweep(overrides or []):
             spec = resolve_paths(load_spec(
-                run.path / "spec.yaml", kind="adapt",
-                overrides=[f"adapt.source_run={run.run_id}", *combo],
+                kind="adapt", flags=base, overrides=[f"adapt.source_run={run.run_id}", *combo],
             ))
             rid = run_id(spec)
             planned.setdefault(rid, PlannedRun(rid, spec))

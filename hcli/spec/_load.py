@@ -188,7 +188,9 @@ def resolve_paths(spec: Spec, base: Path | None = None) -> Spec:
 
 
 def spec_to_yaml(spec: Spec) -> str:
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, width=100)
+    # libyaml's emitter when present: the same text, five times faster (a sweep writes one per run).
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(spec.model_dump(mode="json"), Dumper=dumper, sort_keys=False, width=100)
 
 
 def spec_from_yaml_file(path: Path) -> Spec:
