@@ -138,6 +138,8 @@ CHANGED: dict[str, tuple[Any, str]] = {
     "adapt.source_run": ("meta-convnext-11111111", "adapt"),
     "adapt.shots": (10, "adapt"),
     "adapt.steps": (50, "adapt"),
+    "adapt.lr": (1e-3, "adapt"),
+    "adapt.params": ("heads", "adapt"),
 }
 
 # One non-default value for every execution-only field: none of them may move the id.
