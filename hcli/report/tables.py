@@ -441,6 +441,10 @@ def build_tables(records: list[RunRecord], group_by: str = DEFAULT_GROUP_BY) -> 
     tables = [runs_table(records), comparison_table(groups, group_by),
               per_class_table(groups, rare), per_class_runs_table(records, rare)]
     tables += ablation_tables(groups, group_by)
+    from hcli.report.ablation import ablation_study_table  # it builds on this module
+
+    study = ablation_study_table(groups, group_by)
+    tables += [study] if study is not None else []
     dom = domain_table(records, group_by)
     if dom is not None:
         tables.append(dom)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from hcli.errors import SpecError
 from hcli.spec._schema import Spec
+from hcli.spec._sweep import SWEEP_KEY
 
 __all__ = [
     "CONFIGS_DIR",
@@ -153,6 +154,7 @@ def load_spec(
     source = "spec"
     if config is not None:
         tree = read_config(config)
+        tree.pop(SWEEP_KEY, None)  # the runs a config plans: hcli.launch reads it (_sweep.py)
         source = str(find_config(config))
     layer: dict[str, Any] = {}
     if kind is not None:
