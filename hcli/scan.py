@@ -62,6 +62,7 @@ SUMMARY_KEYS = (
     "host", "changed_at", "step", "total_steps", "latest_metric", "eta_s", "heartbeat",
 )
 
+_N_KEYS = len(SUMMARY_KEYS)
 Signature = list[list[int] | None]
 
 
@@ -148,11 +149,11 @@ def _write_index(root: str, rows: dict[str, list[Any]]) -> None:
         atomic_write_bytes(Path(root, INDEX), data, durable=False)
 
 
-def _valid_row(row: Any) -> bool:
+def _matches(row: Any, sig: Signature) -> bool:
+    """The index's row is whole and was taken from files with this signature."""
     return (
-        isinstance(row, list) and len(row) == 2 and isinstance(row[0], list)
-        and len(row[0]) == len(_WATCHED) and isinstance(row[1], list)
-        and len(row[1]) == len(SUMMARY_KEYS)
+        type(row) is list and len(row) == 2 and row[0] == sig
+        and type(row[1]) is list and len(row[1]) == _N_KEYS
     )
 
 
@@ -172,7 +173,7 @@ def scan(root: str | os.PathLike[str], *, index: bool = True) -> list[tuple[str,
         # new content, which the next call reads again; never the other way round.
         sig = _signature(folder)
         row = cached.get(name)
-        if row is not None and _valid_row(row) and row[0] == sig:
+        if row is not None and _matches(row, sig):
             keep[name] = row
             found.append((folder, dict(zip(SUMMARY_KEYS, row[1], strict=True))))
             continue

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from hcli.classes import CLASS_NAMES
 from hcli.contract import (
+    AdaptResults,
     EventLine,
     MetricsLine,
     MulticlassResults,
@@ -56,7 +57,8 @@ _RUN_FILES = ("state.json", "spec.yaml", "results.json")
 # the same lists the run identity uses.
 EXECUTION_ONLY: tuple[str, ...] = execution_only_keys()
 # Aggregated over (mean ± std), never ablated.
-AGGREGATED_KEYS: tuple[str, ...] = ("seed", "data.fold")
+# An adaptation's source run is one per fold, so it is aggregated over as the fold is.
+AGGREGATED_KEYS: tuple[str, ...] = ("seed", "data.fold", "adapt.source_run")
 
 # Fallback when no results.json names its rare classes: the damage classes under 0.1 % of all
 # pixels in ARTeFACT (class_pixel_counts in hcli/resources/domain_stats.json).
@@ -104,9 +106,13 @@ class RunRecord:
     restarts: int = 0
     requeue_steps: list[int] = field(default_factory=list)
     train_curve: list[tuple[int, float]] = field(default_factory=list)
+    # First logged step of each later curriculum stage (train lines carry `stage`).
+    stage_steps: list[int] = field(default_factory=list)
     val_curve: list[tuple[int, float]] = field(default_factory=list)
     samples: list[tuple[str, Path, Path, Path]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # An adaptation run's source_run, source_kind, shots, source_val_miou, source_transductive.
+    adapt: dict[str, Any] | None = None
 
     @property
     def in_progress(self) -> bool:
@@ -143,6 +149,7 @@ class RunRecord:
             "node_hours_source": self.node_hours_source, "gpu_hours": self.gpu_hours,
             "wall_s": self.wall_s, "restarts": self.restarts,
             "requeue_steps": self.requeue_steps, "warnings": self.warnings,
+            "adapt": self.adapt,
         }
 
 
@@ -311,7 +318,10 @@ def load_run(folder: Path) -> RunRecord:
     warnings: list[str] = []
     spec: dict[str, Any] = {}
     try:
-        loaded = yaml.safe_load((folder / "spec.yaml").read_text())
+        # libyaml's parser when present: the pure-Python one is ~90 % of collect's time per
+        # run (a resolved spec has some 200 nodes), ten times libyaml's; same values.
+        loaded = yaml.load((folder / "spec.yaml").read_text(),
+                           Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         spec = loaded if isinstance(loaded, dict) else {}
     except FileNotFoundError:
         warnings.append("spec.yaml missing: kind, backbone and fold taken from other files")
@@ -353,6 +363,9 @@ def load_run(folder: Path) -> RunRecord:
     train = _last_per_step(lines, TrainLine)
     val = _last_per_step(lines, ValLine)
     rec.train_curve = [(x.step, x.loss) for x in train if x.loss is not None]
+    stages = [(x.step, (x.model_extra or {}).get("stage")) for x in train]
+    rec.stage_steps = [step for (step, k), (_, before) in zip(stages[1:], stages, strict=False)
+                       if k is not None and k != before]
     rec.val_curve = [(x.step, x.miou) for x in val if x.miou is not None]
 
     if rec.val_curve:
@@ -378,6 +391,12 @@ def load_run(folder: Path) -> RunRecord:
 
     if results is not None:
         rec.source = "test"
+    if isinstance(results, AdaptResults):
+        rec.adapt = {k: getattr(results, k) for k in (
+            "source_run", "source_kind", "shots", "source_val_miou", "source_test_miou",
+            "source_transductive")}
+        # ERM and meta adaptations differ only in their source: keep them apart in groups.
+        flat["adapt.source_kind"] = results.source_kind
     if res is not None:
         rec.miou = res.miou
         rec.binary_miou = res.binary_miou
