@@ -94,3 +94,13 @@ def test_spec_rules_say_how_to_fix(overrides: list[str], needle: str) -> None:
 def test_a_yaml_string_is_the_list_it_spells() -> None:
     spec = load_spec(None, overrides=["model.hierarchical=true", "train.curriculum='coarse,fine'"])
     assert spec.train.curriculum == ("coarse", "fine")
+
+
+def test_collect_marks_where_each_stage_began(tmp_path) -> None:
+    from hcli.report import load_run
+    from tests.test_collect import make_run
+
+    lines = [{"step": s, "time": "2026-11-24T10:00:00+00:00", "split": "train", "loss": 1.0,
+              "stage": k} for s, k in ((2, 0), (4, 0), (6, 1), (8, 1), (10, 2), (12, 2))]
+    run = make_run(tmp_path, "multiclass-convnext-cur", miou=0.3, metrics=lines)
+    assert load_run(run).stage_steps == [4, 8]

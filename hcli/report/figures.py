@@ -154,10 +154,13 @@ def learning_curves(run: RunRecord, stem: Path) -> list[Path]:
     for ax in (ax_loss, ax_val):
         for k, step in enumerate(run.requeue_steps):
             ax.axvline(step, color="tab:red", ls="--", lw=1, label="requeued" if k == 0 else None)
+        for k, step in enumerate(run.stage_steps):
+            ax.axvline(step, color="tab:green", ls=":", lw=1,
+                       label="curriculum stage" if k == 0 else None)
         ax.set_xlabel("step")
     ax_loss.set_ylabel("train loss")
     ax_val.set_ylabel("val mIoU (%)")
-    if run.requeue_steps:
+    if run.requeue_steps or run.stage_steps:
         ax_val.legend(fontsize=8)
     fig.suptitle(run.run_id + (" (in progress)" if run.in_progress else ""), fontsize=10)
     fig.tight_layout()

@@ -106,7 +106,8 @@ class RunRecord:
     restarts: int = 0
     requeue_steps: list[int] = field(default_factory=list)
     train_curve: list[tuple[int, float]] = field(default_factory=list)
-    # First logged step of each later curriculum stage (train lines carry `stage`).
+    # Where each later curriculum stage began, to the logging interval: the last logged step of
+    # the stage before (train lines carry `stage`).
     stage_steps: list[int] = field(default_factory=list)
     val_curve: list[tuple[int, float]] = field(default_factory=list)
     samples: list[tuple[str, Path, Path, Path]] = field(default_factory=list)
@@ -364,7 +365,7 @@ def load_run(folder: Path) -> RunRecord:
     val = _last_per_step(lines, ValLine)
     rec.train_curve = [(x.step, x.loss) for x in train if x.loss is not None]
     stages = [(x.step, (x.model_extra or {}).get("stage")) for x in train]
-    rec.stage_steps = [step for (step, k), (_, before) in zip(stages[1:], stages, strict=False)
+    rec.stage_steps = [step for (_, k), (step, before) in zip(stages[1:], stages, strict=False)
                        if k is not None and k != before]
     rec.val_curve = [(x.step, x.miou) for x in val if x.miou is not None]
 
