@@ -150,6 +150,11 @@ def _figures(records: list[RunRecord], group_by: str,
     if any(r.per_class_iou for g in groups for r in g.runs):
         made.append(("per_class", fig.per_class_bars(groups, rare_classes(records),
                                                      folder / "per_class_iou")))
+    if any(r.adapt is not None and r.usable for r in records):
+        from hcli.report.adaptation import adaptation_figure
+
+        made.append(("adaptation", adaptation_figure(records, group_by,
+                                                     folder / "adaptation_shots")))
     used: set[str] = set()
     for g in groups:
         mean = fig.mean_confusion(g.runs)
@@ -223,6 +228,11 @@ def _report_md(records: list[RunRecord], tables: list[Table],
         lines += [f"### {t.title}", "", to_markdown(t)]
     if "domain" in by_name:
         lines += [f"## {by_name['domain'].title}", "", *table("domain")]
+    if "adaptation" in by_name:
+        lines += [f"## {by_name['adaptation'].title}", "", *table("adaptation")]
+        lines += [f"![held-out mIoU against shots]({p})\n" for _, p in png("adaptation")]
+        lines += [f"### {by_name['adaptation_compute'].title}", "",
+                  *table("adaptation_compute")]
     sections = (("confusion", "Confusion matrices"), ("curves", "Learning curves"),
                 ("samples", "Qualitative samples (image | ground truth | prediction)"))
     for section, heading in sections:

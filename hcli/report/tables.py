@@ -367,7 +367,8 @@ def domain_table(records: list[RunRecord], group_by: str = DEFAULT_GROUP_BY) -> 
     none (e.g. a meta-learning run) is compared with the multiclass kfold runs of the same
     `group_by` value.
     """
-    usable = [r for r in records if r.usable]
+    # Adaptation runs have their own table (hcli.report.adaptation).
+    usable = [r for r in records if r.usable and r.adapt is None]
     if not any(r.protocol not in (None, "kfold") for r in usable):
         return None
     fams: dict[str, list[RunRecord]] = {}
@@ -448,6 +449,9 @@ def build_tables(records: list[RunRecord], group_by: str = DEFAULT_GROUP_BY) -> 
     dom = domain_table(records, group_by)
     if dom is not None:
         tables.append(dom)
+    from hcli.report.adaptation import adaptation_tables  # it builds on this module
+
+    tables += adaptation_tables(records, group_by)
     return tables
 
 
