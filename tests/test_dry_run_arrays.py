@@ -86,18 +86,20 @@ def test_existing_members_are_shown_skipped_and_left_out_of_the_array(
     runs_dir: Path, no_slurm_path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     first = json.loads(_in_process([*SWEEP, "--json", "--runs-dir", str(runs_dir)], capsys))
-    done, failed = first["runs"][0], first["runs"][4]
-    for entry, state in ((done, "COMPLETED"), (failed, "FAILED")):
-        create_run(runs_dir, entry["run_id"], load_spec(config=None, overrides=[])
-                   ).update_state(state=state)
+    done, failed, died = first["runs"][0], first["runs"][4], first["runs"][8]
+    for entry, state in ((done, "COMPLETED"), (failed, "FAILED"), (died, "RUNNING")):
+        run = create_run(runs_dir, entry["run_id"], load_spec(config=None, overrides=[]))
+        run.add_job("local-999999999", "local")  # no such process: its job is gone
+        run.update_state(state=state)
     out = json.loads(_in_process([*SWEEP, "--json", "--runs-dir", str(runs_dir)], capsys))
     (array,) = out["arrays"]
-    assert array["array"] == "0-6%2" and done["run_id"] not in array["tasks"].values()
-    assert set(out["skipped"]) == {done["run_id"], failed["run_id"]}
+    assert array["array"] == "0-5%2" and done["run_id"] not in array["tasks"].values()
+    assert set(out["skipped"]) == {done["run_id"], failed["run_id"], died["run_id"]}
     assert "COMPLETED" in out["skipped"][done["run_id"]]
     assert "hcli resume" in out["skipped"][failed["run_id"]]
+    assert "is gone" in out["skipped"][died["run_id"]]
     text = _in_process([*SWEEP, "--runs-dir", str(runs_dir)], capsys)
-    assert "7 to submit in 1 sbatch submission(s), 2 skipped" in text
+    assert "6 to submit in 1 sbatch submission(s), 3 skipped" in text
     assert f"# {done['run_id']}: already COMPLETED" in text
 
 

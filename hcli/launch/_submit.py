@@ -21,7 +21,7 @@ from hcli.launch._local import start_background
 from hcli.launch._plan import PlannedRun
 from hcli.launch._slurm import make_executor, render_sbatch
 from hcli.runs import ACTIVE_STATES, Run, create_run, find_run, now_iso, run_lock
-from hcli.scheduler import job_alive, max_array_size
+from hcli.scheduler import job_alive, max_array_size, scheduler_states
 
 __all__ = [
     "ArrayPlan",
@@ -317,6 +317,11 @@ def _dry_run(
     are skipped, which would be refused, and the sbatch scripts of the rest, arrays included."""
     outcomes: dict[str, SubmitOutcome] = {}
     fresh: list[PlannedRun] = []
+    existing = [Run(root / p.run_id) for p in planned if (root / p.run_id / "state.json").exists()]
+    # One squeue for the whole sweep, not one per member recorded active.
+    witness = scheduler_states(
+        r.job_id for r in existing if r.job_id and r.state()["state"] in ACTIVE_STATES
+    )
     for p in planned:
         run_dir = root / p.run_id
         spec = p.spec.model_dump(mode="json")
@@ -329,7 +334,7 @@ def _dry_run(
         state = run.state()
         current = state["state"]
         waiting = current == "PENDING" and not state.get("jobs")
-        alive = job_alive(run.job_id, state=state) if current in ACTIVE_STATES else None
+        alive = job_alive(run.job_id, witness, state) if current in ACTIVE_STATES else None
         died = not waiting and alive is False
         if waiting or (force and current not in ACTIVE_STATES):
             fresh.append(p)
