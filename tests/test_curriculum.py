@@ -104,3 +104,37 @@ def test_collect_marks_where_each_stage_began(tmp_path) -> None:
               "stage": k} for s, k in ((2, 0), (4, 0), (6, 1), (8, 1), (10, 2), (12, 2))]
     run = make_run(tmp_path, "multiclass-convnext-cur", miou=0.3, metrics=lines)
     assert load_run(run).stage_steps == [4, 8]
+
+
+def test_stage_lr_multiplier_scales_only_the_models_optimizer_step(tmp_path) -> None:
+    import contextlib
+
+    from jobs.multiclass.task import MulticlassTask
+    from jobs.task import Env
+
+    spec = load_spec(None, overrides=[*CURRICULUM, "train.curriculum_lr_mults=[2,1,0.5]"])
+    task = MulticlassTask(Env(spec, torch.device("cpu"), 0, 1, tmp_path, "t",
+                              contextlib.nullcontext))
+    task.model = torch.nn.Linear(1, 1, bias=False)  # type: ignore[assignment]
+    task.curriculum = Curriculum.from_spec(spec.train)
+    task._hooks, task._saved_lr = [], None
+    task._check_curriculum()
+    other = torch.nn.Linear(1, 1, bias=False)
+    try:
+        for stage, mult in ((0, 2.0), (2, 0.5)):
+            task.curriculum.index = stage  # type: ignore[union-attr]
+            for module in (task.model, other):
+                opt = torch.optim.SGD(module.parameters(), lr=1.0)
+                before = module.weight.item()
+                module.weight.grad = torch.ones_like(module.weight)
+                opt.step()
+                moved = before - module.weight.item()
+                assert moved == pytest.approx(mult if module is task.model else 1.0)
+                assert opt.param_groups[0]["lr"] == 1.0  # restored for the schedule
+    finally:
+        task.close()
+    opt = torch.optim.SGD(task.model.parameters(), lr=1.0)
+    before = task.model.weight.item()
+    task.model.weight.grad = torch.ones_like(task.model.weight)
+    opt.step()
+    assert before - task.model.weight.item() == pytest.approx(1.0)  # hooks gone with the task
