@@ -314,6 +314,8 @@ def main() -> None:
         shown = subprocess.run(status, env=no_slurm, check=True, capture_output=True, text=True)
         lines.append(f"  hcli status prints {len(shown.stdout.splitlines())} lines; last: "
                      f"{shown.stdout.splitlines()[-1][:100]!r}")
+        print("\n".join(lines), flush=True)  # collect takes a while: show these first
+        lines = []
         if args.collect:
             lines += _time_collect(root, hcli, py, no_slurm, Path(tmp) / "report", args.runs)
 

@@ -6,8 +6,8 @@ here once. Imports neither pydantic, typer nor torch: `hcli status` reads throug
 path.
 
 `scan` keeps an index beside the run folders (`<runs root>/.cache/index.json`): per run, the
-signature of its `state.json`, `progress.json` and `results.json` (size and mtime in ns, or null
-when absent) and a summary of what state.json and progress.json say. A row is used only while
+signature of its `state.json`, `progress.json` and `results.json` (size and mtime in ns, -1
+and 0 when absent) and a summary of what state.json and progress.json say. A row is used only while
 all three signatures are unchanged, so a run resumed, cancelled, requeued or edited is read
 again at the next call. A finished run's files never change, which is why the index pays: three
 `stat` calls instead of opening and parsing two files (benchmarks/bench_cli.py: the run folder's
@@ -50,7 +50,7 @@ STATES = ACTIVE_STATES + ENDED_STATES
 
 # Relative to the runs root; `.cache` is no run folder (names starting with a dot are skipped).
 INDEX = os.path.join(".cache", "index.json")
-_VERSION = 1
+_VERSION = 2
 _WATCHED = ("state.json", "progress.json", "results.json")
 _SETTLE_NS = 2_000_000_000
 
@@ -63,7 +63,7 @@ SUMMARY_KEYS = (
 )
 
 _N_KEYS = len(SUMMARY_KEYS)
-Signature = list[list[int] | None]
+Signature = list[int]
 
 
 def run_folders(root: str | os.PathLike[str]) -> list[str]:
@@ -78,15 +78,17 @@ def run_folders(root: str | os.PathLike[str]) -> list[str]:
 
 
 def _signature(folder: str) -> Signature:
+    """[size, mtime_ns] of each watched file in turn, flat ([-1, 0] for an absent one): one flat
+    list of ints compares and parses faster than nested ones, at 5,000 runs a call."""
     sig: Signature = []
     stat = os.stat
     for name in _WATCHED:
         try:
             st = stat(f"{folder}/{name}")  # f-string: os.path.join costs as much as the stat
         except OSError:
-            sig.append(None)
+            sig += (-1, 0)
         else:
-            sig.append([st.st_size, st.st_mtime_ns])
+            sig += (st.st_size, st.st_mtime_ns)
     return sig
 
 
@@ -175,16 +177,15 @@ def scan(root: str | os.PathLike[str], *, index: bool = True) -> list[tuple[str,
         row = cached.get(name)
         if row is not None and _matches(row, sig):
             keep[name] = row
-            found.append((folder, dict(zip(SUMMARY_KEYS, row[1], strict=True))))
+            found.append((folder, dict(zip(SUMMARY_KEYS, row[1], strict=False))))  # len checked
             continue
         changed = changed or row is not None
-        state = read_json(f"{folder}/state.json") if sig[0] else None
+        state = read_json(f"{folder}/state.json") if sig[0] >= 0 else None
         if not isinstance(state, dict):
             continue  # not a run folder (yet): a run is created whole, then renamed into place
-        progress = read_json(f"{folder}/progress.json") if sig[1] else None
-        summary = summarize(state, progress if isinstance(progress, dict) else {},
-                            sig[0][1] / 1e9 if sig[0] else None)
-        if index and all(s is None or s[1] < settled for s in sig):
+        progress = read_json(f"{folder}/progress.json") if sig[2] >= 0 else None
+        summary = summarize(state, progress if isinstance(progress, dict) else {}, sig[1] / 1e9)
+        if index and sig[1] < settled and sig[3] < settled and sig[5] < settled:
             keep[name] = [sig, [summary[k] for k in SUMMARY_KEYS]]
             changed = True
         found.append((folder, summary))

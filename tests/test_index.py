@@ -122,8 +122,8 @@ def test_a_results_file_rewritten_refreshes_the_row(tmp_path: Path) -> None:
     _age(run, 60)
     status_rows(root)
     after = _index(root)["runs"][run.run_id][0]
-    assert after[2] != before[2]  # the results.json signature is the new file's
-    assert after[2][0] == (run.path / "results.json").stat().st_size
+    assert after[4:] != before[4:]  # the results.json signature is the new file's
+    assert after[4] == (run.path / "results.json").stat().st_size
 
 
 def test_recent_files_are_not_trusted_to_the_index(tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_a_deleted_or_corrupt_index_is_rebuilt(tmp_path: Path, damage: str) -> N
     else:
         doc = _index(root)
         doc["runs"][done.run_id] = "not a row"
-        doc["runs"][failed.run_id] = [[None, None], []]
+        doc["runs"][failed.run_id] = [[-1, 0], []]
         index.write_text(json.dumps(doc))
     assert _states(root) == want
     rebuilt = _index(root)
@@ -218,7 +218,7 @@ def test_two_status_calls_while_a_run_finishes_leave_a_valid_index(tmp_path: Pat
             assert {r["recorded_state"] for r in json.loads(out)
                     if r["run_id"] == finishing.run_id} <= {"RUNNING", "COMPLETED"}
         doc = _index(root)  # whole, valid JSON: one writer's or the other's
-        assert doc["version"] == 1 and len(doc["runs"]) >= 40
+        assert doc["version"] == 2 and len(doc["runs"]) >= 40
         assert not [p for p in (root / ".cache").iterdir() if p.name.endswith(".tmp")]
         assert _states(root)[finishing.run_id] == "COMPLETED"
         finishing.update_state(state="RUNNING")
