@@ -9,8 +9,9 @@ the shots and the support ids. The held-out images outside the support set (the 
 scored once, at the end; they never select anything: the one validation, after the last step, is
 on the support images.
 
-The schedule comes from the `adapt` section: `adapt.steps` steps at a constant `adapt.lr`, no
-warmup, no early stopping, 0 steps for 0 shots (the source evaluated as is). The engine reads the
+The schedule comes from the `adapt` section: `adapt.steps` steps at a constant `adapt.lr`, one
+batch of `train.batch_size` support crops per step, no warmup, no early stopping, 0 steps for
+0 shots (the source evaluated as is). The engine reads the
 `train` section, which holds the source's settings (batch size, accumulation, amp), and
 jobs/engine.py is shared, so the task writes the adaptation schedule into that section in
 memory before the engine builds the optimizer; spec.yaml (and the run id) keep the adapt
@@ -65,7 +66,10 @@ def _adaptation_schedule(train: TrainSpec, adapt: AdaptSpec) -> None:
     a `train` section accepts from a user, and are right here.
     """
     steps = adapt.steps if adapt.shots else 0
+    # One support batch per step whatever the source accumulated (a meta source accumulates
+    # its tasks): ERM and meta sources adapt alike.
     for key, value in (("steps", steps), ("lr", adapt.lr), ("warmup_steps", 0),
+                       ("accum_steps", 1),
                        ("schedule", "poly"), ("poly_power", 0.0),
                        ("val_every_steps", max(steps, 1)), ("early_stop_patience", None)):
         object.__setattr__(train, key, value)
