@@ -320,7 +320,7 @@ class MaeValSummary(_Model):
 
 class MaeResults(Results):
     """A masked-image pretraining run: reconstruction loss on held-out images (masked pixels)
-    beside filling each hidden patch with its own mean colour, what it saw, and its encoder."""
+    beside filling each hidden patch with a mean colour, what it saw, and its encoder."""
 
     checkpoint: str | None = None  # "best" or "last"
     step: int | None = None
@@ -330,8 +330,11 @@ class MaeResults(Results):
     fold: int | None = None
     held_out: str | None = None
     recon_loss: float | None = None
+    # Each hidden patch filled with the mean colour of its visible neighbours (a prediction),
+    # and with its own true mean colour (an oracle: beating it means texture is reconstructed).
+    baseline_neighbour_mean_loss: float | None = None
     baseline_patch_mean_loss: float | None = None
-    loss_vs_baseline: float | None = None
+    loss_vs_baseline: float | None = None  # recon_loss / baseline_neighbour_mean_loss
     loss_fn: str | None = None  # l1 or mse
     images: str = "train"  # mae.images: train, train+val or all
     transductive: bool = False  # saw the fold's test images (mae.images=all)

@@ -26,6 +26,9 @@ def _source(ref: str, runs_root: Path) -> tuple[Path, Run | None]:
     if path.is_file():
         return path, None
     run = find_run(runs_root, ref)
+    # A pretraining run's product (kind=mae): the selected encoder alone, segmenter key names.
+    if (run.path / "encoder.pt").is_file():
+        return run.path / "encoder.pt", run
     for name in ("best.pt",):
         if (run.checkpoints / name).is_file():
             return run.checkpoints / name, run

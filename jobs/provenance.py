@@ -80,7 +80,11 @@ def _fold_seen(run: Run, manifest: Manifest | None) -> dict[str, set[str]]:
 
     spec = run.spec()
     fold = get_fold(manifest or load_manifest(spec.data.root), spec.data, spec.seed)
-    return {"train": set(fold.train)}
+    train = set(fold.train)
+    # Pretraining may widen its images beyond the fold's training ids (jobs.mae.task).
+    if spec.kind == "mae" and spec.mae.images != "train":
+        train |= set(fold.val) | (set(fold.test) if spec.mae.images == "all" else set())
+    return {"train": train}
 
 
 def _chain_seen(source: Run, manifest: Manifest | None = None) -> list[tuple[Seen, set[str]]]:

@@ -10,6 +10,6 @@ KIND = KindInfo(
     results_model="hcli.contract:MaeResults",
     metric="loss",
     mode="min",
-    collect_metrics=("recon_loss", "baseline_patch_mean_loss", "images_seen", "epochs"),
+    collect_metrics=("recon_loss", "baseline_neighbour_mean_loss", "images_seen", "epochs"),
     order=2,
 )

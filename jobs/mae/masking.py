@@ -20,6 +20,7 @@ __all__ = [
     "masked_loss",
     "patch_normalise",
     "patch_mean_fill",
+    "neighbour_mean_fill",
 ]
 
 # Salt in the mask seeds, so masks never share a stream with the crop's augmentation seeds.
@@ -64,6 +65,19 @@ def patch_normalise(x: torch.Tensor, patch: int, eps: float = 1e-6) -> torch.Ten
 def patch_mean_fill(x: torch.Tensor, patch: int) -> torch.Tensor:
     """Every pixel replaced by its patch's mean colour: the 'mean colour per patch' baseline."""
     return F.interpolate(F.avg_pool2d(x, patch), scale_factor=patch, mode="nearest")
+
+
+def neighbour_mean_fill(x: torch.Tensor, mask: torch.Tensor, patch: int) -> torch.Tensor:
+    """Every hidden patch filled with the mean colour of its visible neighbours (the 3×3 patches
+    around it; the image's visible mean where none is visible): a per-patch prediction that
+    uses the visible pixels and no learning. `mask` (B, gh, gw) True where hidden."""
+    means = F.avg_pool2d(x, patch)  # (B, C, gh, gw)
+    vis = (~mask.to(means.device)).to(means.dtype)[:, None]
+    near_sum = F.avg_pool2d(means * vis, 3, stride=1, padding=1, count_include_pad=True)
+    near_n = F.avg_pool2d(vis, 3, stride=1, padding=1, count_include_pad=True)
+    whole = (means * vis).sum((2, 3), keepdim=True) / vis.sum((2, 3), keepdim=True).clamp_min(1)
+    fill = torch.where(near_n > 0, near_sum / near_n.clamp_min(1e-12), whole)
+    return F.interpolate(fill, scale_factor=patch, mode="nearest")
 
 
 def masked_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,

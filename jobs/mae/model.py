@@ -139,7 +139,8 @@ class MaeModel(nn.Module):
         norms, biases, position tables and the mask token."""
         from jobs.models.segmenter import NO_DECAY_NAME_PARTS
 
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
