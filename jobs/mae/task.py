@@ -198,10 +198,10 @@ class MaeTask(Task):
                           pmask[:k])
         model.train(was)
         mean = {k: v / max(weight, 1.0) for k, v in total.items()}
-        near = mean["neighbour_mean"]
-        return {"loss": mean["loss"], "baseline_neighbour_mean_loss": near,
+        base = mean["neighbour_mean"]
+        return {"loss": mean["loss"], "baseline_neighbour_mean_loss": base,
                 "baseline_patch_mean_loss": mean["patch_mean"],
-                "loss_vs_baseline": mean["loss"] / near if near else float("nan")}
+                "loss_vs_baseline": mean["loss"] / base if base else float("nan")}
 
     def validate(self, model: torch.nn.Module) -> dict[str, Any]:
         # The engine does not pass the step; the task counts its own micro-steps (saved with
