@@ -317,7 +317,8 @@ def main() -> None:
         print("\n".join(lines), flush=True)  # collect takes a while: show these first
         lines = []
         if args.collect:
-            lines += _time_collect(root, hcli, py, no_slurm, Path(tmp) / "report", args.runs)
+            print("\n".join(_time_collect(root, hcli, py, no_slurm, Path(tmp) / "report",
+                                           args.runs)), flush=True)
 
         slurm = None if args.skip_slurm else _slurm_env(args.slurm_env)
         if args.skip_slurm:
