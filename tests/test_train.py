@@ -39,6 +39,7 @@ RESUME_BASE = (
 # `kind:variant` labels a second configuration of one kind.
 RESUMABLE: dict[str, tuple[str, ...]] = {
     "multiclass": ("model.hierarchical=true",),
+    "mae": ("mae.patch_size=16", "mae.norm_target=true"),
     "meta": ("data.protocol=lomo", "meta.tasks_per_step=2", "meta.inner_steps=1"),
     "multiclass:curriculum": ("model.hierarchical=true", "model.attention=prototypes",
                               "train.curriculum=[binary,coarse,fine]"),

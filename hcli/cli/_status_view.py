@@ -22,7 +22,7 @@ COLUMNS = (
     "job",
     "restarts",
     "progress",
-    "val mIoU",
+    "val",
     "ETA",
     "heartbeat",
     "reason",
@@ -56,6 +56,8 @@ def cells(r: dict[str, Any]) -> list[str]:
     if r["step"] is not None and r["total_steps"]:
         prog = f"{r['step']}/{r['total_steps']} ({100 * r['progress']:.0f}%)"
     metric = f"{r['latest_metric']:.3f}" if isinstance(r["latest_metric"], int | float) else "-"
+    if r["kind"] == "mae" and metric != "-":
+        metric = f"loss {metric}"
     age = r["heartbeat_age_s"]
     beat = fmt_duration(age) + (" ago" if age is not None else "")
     return [

@@ -452,6 +452,9 @@ def build_tables(records: list[RunRecord], group_by: str = DEFAULT_GROUP_BY) -> 
     from hcli.report.adaptation import adaptation_tables  # it builds on this module
 
     tables += adaptation_tables(records, group_by)
+    from hcli.report.pretraining import pretraining_tables  # it builds on this module
+
+    tables += pretraining_tables(records)
     return tables
 
 
