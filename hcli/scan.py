@@ -50,7 +50,7 @@ STATES = ACTIVE_STATES + ENDED_STATES
 
 # Relative to the runs root; `.cache` is no run folder (names starting with a dot are skipped).
 INDEX = os.path.join(".cache", "index.json")
-_VERSION = 2
+_VERSION = 3  # 3: latest_metric falls back to val_loss (MAE)
 _WATCHED = ("state.json", "progress.json", "results.json")
 _SETTLE_NS = 2_000_000_000
 

@@ -218,7 +218,7 @@ def test_two_status_calls_while_a_run_finishes_leave_a_valid_index(tmp_path: Pat
             assert {r["recorded_state"] for r in json.loads(out)
                     if r["run_id"] == finishing.run_id} <= {"RUNNING", "COMPLETED"}
         doc = _index(root)  # whole, valid JSON: one writer's or the other's
-        assert doc["version"] == 2 and len(doc["runs"]) >= 40
+        assert doc["version"] == 3 and len(doc["runs"]) >= 40
         assert not [p for p in (root / ".cache").iterdir() if p.name.endswith(".tmp")]
         assert _states(root)[finishing.run_id] == "COMPLETED"
         finishing.update_state(state="RUNNING")

@@ -87,6 +87,16 @@ def test_summary_reads_the_contracts_fields(tmp_path: Path) -> None:
         contract_keys.PROGRESS_KEYS)
 
 
+def test_summary_shows_the_validation_figure_of_any_kind() -> None:
+    def metric(latest: dict[str, float]) -> object:
+        return summarize({}, {"latest": latest})["latest_metric"]
+
+    assert metric({"loss": 0.9, "val_miou": 0.4}) == 0.4
+    assert metric({"miou": 0.3}) == 0.3
+    assert metric({"loss": 0.9, "val_loss": 0.12}) == 0.12  # MAE: the engine's val_<metric>
+    assert metric({"loss": 0.9}) is None
+
+
 def test_summary_of_damaged_files() -> None:
     s = summarize({"jobs": ["not a job"], "updated_at": "yesterday"}, {"latest": [1]}, 12.0)
     assert (s["state"], s["job_id"], s["latest_metric"], s["changed_at"]) == (
