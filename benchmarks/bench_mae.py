@@ -9,7 +9,7 @@ block by block (benchmarks/bench_loop.py's `time_interleaved`) so other load hit
 Goal: job / bare >= 0.9.
 
 Peak memory: one child process per (backbone, crop) runs a few bare steps of the Tiny encoder
-and reports its peak RSS (`ru_maxrss`), which includes the interpreter and torch (~0.3 GB).
+and reports its peak RSS (VmHWM), which includes the interpreter and torch (~0.3 GB).
 
     .venv/bin/python benchmarks/bench_mae.py [--steps 30] [--tiny-steps 10] [--skip-memory]
 """
@@ -134,8 +134,6 @@ def one(data: Path, base: Path, family: str, size: str, crop: int, steps: int) -
 
 def _memory_child(family: str, crop: int, steps: int) -> None:
     """Runs in its own process: a few bare steps of the Tiny encoder, then its peak RSS."""
-    import resource
-
     import torch
 
     from hcli.spec import Spec
@@ -152,7 +150,10 @@ def _memory_child(family: str, crop: int, steps: int) -> None:
         masked_loss(model(x, mask), x, pixel_mask(mask, 32)).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM, not ru_maxrss: the latter survives exec and would report the forking parent's peak.
+    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines()
+               if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_rss_mb": int(hwm.split()[1]) / 1024}))
 
 
 def peak_memory(family: str, crop: int, steps: int = 2) -> float:
@@ -168,6 +169,7 @@ def main() -> None:
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--skip-tiny", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--memory-only", action="store_true")
     ap.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
@@ -176,11 +178,11 @@ def main() -> None:
         return
     families = args.families.split(",")
     rows = []
+    sizes = [("shrunken", args.steps)] + ([] if args.skip_tiny else [("tiny", args.tiny_steps)])
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        data = prepare_data(base, n=12, size=320)
-        sizes = [("shrunken", args.steps)] + ([] if args.skip_tiny else [("tiny", args.tiny_steps)])
-        for size, steps in sizes:
+        data = prepare_data(base, n=12, size=320) if not args.memory_only else base
+        for size, steps in sizes if not args.memory_only else []:
             for family in families:
                 r = one(data, base, family, size, 256, steps)
                 rows.append(r)
