@@ -310,3 +310,28 @@ LEARNING = ("data.crop_size=96", "mae.patch_size=16", "train.batch_size=8", "tra
             "train.lr=2e-3",
             "train.warmup_steps=20", "train.val_every_steps=100", "train.log_every_steps=50",
             "train.checkpoint_every_steps=1000")
+
+
+def test_overlap_checked_from_the_spec_of_a_source_not_started_yet(synth_data, tmp_path):
+    """A chain queued with --after: the MAE run has no provenance.json yet, so the guard reads
+    the images its spec asks for."""
+    from hcli.data.manifest import load_manifest
+    from hcli.data.splits import get_fold
+    from hcli.launch import plan_runs
+    from hcli.runs import create_run
+    from jobs.provenance import check_init_leakage
+
+    overrides = [a for a in tiny_overrides(synth_data, *MAE_TINY, "mae.images=all") if a != "-o"]
+    planned = plan_runs("mae", config=None, overrides=overrides)[0]
+    source = create_run(tmp_path / "runs", planned.run_id, planned.spec, snapshot=False)
+    assert not (source.path / "provenance.json").exists()
+    spec = _multiclass_spec(synth_data, f"model.init_from={source.run_id}")
+    fold = get_fold(load_manifest(synth_data), spec.data, spec.seed)
+    with pytest.raises(SpecError, match="test images"):
+        check_init_leakage(spec, fold.test, tmp_path / "runs")
+    # The same source asking only for training images passes.
+    overrides = [a for a in tiny_overrides(synth_data, *MAE_TINY) if a != "-o"]
+    planned = plan_runs("mae", config=None, overrides=overrides)[0]
+    create_run(tmp_path / "runs", planned.run_id, planned.spec, snapshot=False)
+    check_init_leakage(_multiclass_spec(synth_data, f"model.init_from={planned.run_id}"),
+                       fold.test, tmp_path / "runs")
