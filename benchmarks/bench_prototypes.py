@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-memory", action="store_true", help="time only")
     args = ap.parse_args(argv)
     import torch
 
@@ -105,14 +106,17 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     for fn in steps.values():  # warm-up: allocator, AdamW state
         fn()
     times: dict[str, list[float]] = {s: [] for s in SETUPS}
-    for _ in range(args.rounds):
+    for i in range(args.rounds):
         for s, fn in steps.items():
             t0 = time.perf_counter()
             fn()
             times[s].append(time.perf_counter() - t0)
+        print(f"round {i + 1}: " + ", ".join(f"{s} {v[-1]:.2f} s" for s, v in times.items()),
+              file=sys.stderr, flush=True)
     ratio = {s: statistics.median(t / p for t, p in zip(times[s], times["plain"], strict=True))
              for s in SETUPS}
-    memory = {s: _memory(s, size, args.batch, args.quick) for s in SETUPS}
+    memory = {} if args.no_memory else {s: _memory(s, size, args.batch, args.quick)
+                                        for s in SETUPS}
     result: dict[str, object] = {
         "size": size, "batch": args.batch, "rounds": args.rounds, "threads": args.threads,
         "encoder": "shrunken convnext" if args.quick else "convnext_tiny",
