@@ -100,7 +100,10 @@ def attempt_records(run: Path) -> tuple[int, list[dict[str, Any]]]:
 
 
 def last_train_step(run: Path) -> int:
-    return max([r["step"] for r in records(run) if r.get("split") == "train"], default=0)
+    """The newest step the current attempt logged (an earlier attempt's lines beyond the step it
+    resumed from belong to an abandoned timeline and would count as lost steps)."""
+    _, recs = attempt_records(run)
+    return max([r["step"] for r in recs if r.get("split") == "train"], default=0)
 
 
 def damaged(run: Path) -> list[str]:

@@ -199,6 +199,10 @@ class Engine:
             grad_norm = float(
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.clip_grad)
             )
+        scale = self.task.lr_scale()
+        if scale != 1.0:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= scale  # LambdaLR recomputes it from the base rate next step
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

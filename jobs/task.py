@@ -130,6 +130,11 @@ class Task:
         None for a kind that trains on no data (the probe)."""
         return None
 
+    def lr_scale(self) -> float:
+        """A multiplier on every group's learning rate for this optimizer step (a curriculum
+        stage's); the schedule sets the rates afresh after each step, so it never compounds."""
+        return 1.0
+
     def train_logs(self) -> dict[str, Any]:
         """Extra figures for the training line of metrics.jsonl (averaged since the last log)."""
         return {}

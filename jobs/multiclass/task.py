@@ -97,8 +97,6 @@ class MulticlassTask(Task):
         self.curriculum = Curriculum.from_spec(spec.train)
         self._stage_applied: int | None = None
         self._proto_loss: list[torch.Tensor] = []
-        self._hooks: list[Any] = []
-        self._saved_lr: list[float] | None = None
         if self.curriculum is not None:
             self._check_curriculum()
         if spec.model.attention == "prototypes" and spec.model.prototypes.init == "kmeans":
@@ -134,30 +132,9 @@ class MulticlassTask(Task):
         if self.env.world_size > 1 and self.spec.train.curriculum_freeze_encoder:
             raise UserError("train.curriculum_freeze_encoder does not work with several "
                             "processes (DDP expects every gradient); leave it empty")
-        if any(m != 1 for m in self.curriculum.lr_mults):  # type: ignore[union-attr]
-            from torch.optim.optimizer import (
-                register_optimizer_step_post_hook,
-                register_optimizer_step_pre_hook,
-            )
 
-            # The engine owns the optimizer; a stage's learning-rate multiplier is applied
-            # around its step (the schedule sets the lr afresh after every step).
-            self._hooks = [register_optimizer_step_pre_hook(self._scale_lr),
-                           register_optimizer_step_post_hook(self._restore_lr)]
-
-    def _scale_lr(self, opt: torch.optim.Optimizer, *_: Any) -> None:
-        first = next(self.model.parameters())
-        if any(p is first for g in opt.param_groups for p in g["params"]):
-            self._saved_lr = [g["lr"] for g in opt.param_groups]
-            for g in opt.param_groups:
-                g["lr"] *= self.curriculum.lr_mult  # type: ignore[union-attr]
-
-    def _restore_lr(self, opt: torch.optim.Optimizer, *_: Any) -> None:
-        saved = self._saved_lr
-        if saved is not None and len(saved) == len(opt.param_groups):
-            for g, lr in zip(opt.param_groups, saved, strict=True):
-                g["lr"] = lr
-            self._saved_lr = None
+    def lr_scale(self) -> float:
+        return self.curriculum.lr_mult if self.curriculum is not None else 1.0
 
     def _enter_stage(self, step: int) -> None:
         """At each optimizer step's first micro-batch: move to the step's stage and apply it."""
@@ -280,10 +257,5 @@ class MulticlassTask(Task):
                 f"F1 {'   -  ' if f1 is None else f'{f1:.4f}'}"
             )
         print("\n".join(lines), flush=True)
-
-    def close(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-
 
 run = functools.partial(run_task, task_cls=MulticlassTask)
