@@ -34,9 +34,9 @@ from jobs.adapt.support import draw_support, held_out_of, source_of
 from jobs.data import build_eval_dataset, build_train_loader
 from jobs.engine import run_task
 from jobs.hierarchy import fine_to_coarse_lut
-from jobs.losses import SegLoss
 from jobs.models import build_segmenter
 from jobs.multiclass.evaluate import evaluate, save_samples
+from jobs.segmentation import build_criterion, to_device
 from jobs.task import Env, Feed, Fetch, Task, TrainState
 
 __all__ = ["AdaptTask", "adapted_parameters", "run"]
@@ -125,9 +125,7 @@ class AdaptTask(Task):
         self.weights_from = str(path)
         print(f"adapting {self.source.run_id} ({path.name}) on {len(self.support)} support "
               f"image(s), {len(self.query)} to score", flush=True)
-        n_coarse = 1 + len(spec.model.coarse_groups) if spec.model.hierarchical else None
-        self.criterion = SegLoss(spec.loss, self.weights, spec.model.hierarchical,
-                                 n_coarse).to(self.env.device)
+        self.criterion = build_criterion(spec, self.weights, self.env.device)
         adapted = set(adapted_parameters(model, self.params))
         for name, p in model.named_parameters():
             p.requires_grad_(name in adapted)
@@ -149,15 +147,7 @@ class AdaptTask(Task):
     def micro_step(self, fetch: Fetch, forward: Callable[..., Any]) -> torch.Tensor:
         for module in self.frozen:
             module.eval()
-        batch = fetch("train")
-        device = self.env.device
-        images = batch["image"].to(device, non_blocking=True)
-        if self.spec.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        if self.spec.model.hierarchical:
-            targets = {k: v.to(device, non_blocking=True) for k, v in batch["targets"].items()}
-        else:
-            targets = batch["mask"].to(device, non_blocking=True)
+        images, targets = to_device(fetch("train"), self.spec, self.env.device)
         with self.env.autocast():
             outputs = forward(images)
         loss, _ = self.criterion(outputs, targets)

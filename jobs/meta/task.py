@@ -35,11 +35,10 @@ from hcli.errors import DataError
 from jobs.data import build_eval_dataset, build_train_loader
 from jobs.engine import run_task
 from jobs.hierarchy import fine_to_coarse_lut
-from jobs.losses import SegLoss
 from jobs.meta.maml import MetaLearner
-from jobs.models import build_segmenter
 from jobs.multiclass.evaluate import evaluate, save_samples
 from jobs.multiclass.task import _TEST_KEYS
+from jobs.segmentation import build_criterion, build_model_and_init, to_device
 from jobs.task import Feed, Fetch, Task, TrainState
 
 __all__ = ["MetaTask", "domain_of", "run", "task_plan"]
@@ -145,16 +144,8 @@ class MetaTask(Task):
 
     def build_model(self) -> torch.nn.Module:
         spec = self.spec
-        model = build_segmenter(spec.model, spec.data.crop_size)
-        if spec.model.init_from:
-            from jobs.init_from import load_init_weights
-
-            source = load_init_weights(model, spec, self.manifest, self.fold.test,
-                                       self.env.run_dir.parent)
-            print(f"encoder initialised from {source}", flush=True)
-        n_coarse = 1 + len(spec.model.coarse_groups) if spec.model.hierarchical else None
-        self.criterion = SegLoss(spec.loss, self.weights, spec.model.hierarchical,
-                                 n_coarse).to(self.env.device)
+        model = build_model_and_init(spec, self.manifest, self.fold.test, self.env.run_dir.parent)
+        self.criterion = build_criterion(spec, self.weights, self.env.device)
         meta = spec.meta
         self.learner = MetaLearner(
             model, lambda out, tgt: self.criterion(out, tgt)[0], algorithm=meta.algorithm,
@@ -171,16 +162,7 @@ class MetaTask(Task):
     # -- one task ------------------------------------------------------------------------------
 
     def _batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
-        device = self.env.device
-        images = batch["image"].to(device, non_blocking=True)
-        if self.spec.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        if self.spec.model.hierarchical:
-            targets: Any = {k: v.to(device, non_blocking=True)
-                            for k, v in batch["targets"].items()}
-        else:
-            targets = batch["mask"].to(device, non_blocking=True)
-        return images, targets
+        return to_device(batch, self.spec, self.env.device)
 
     def next_domain(self) -> str:
         per_rank = self.spec.train.accum_steps

@@ -24,8 +24,6 @@ from jobs.curriculum import Curriculum
 from jobs.data import build_eval_dataset, build_train_loader
 from jobs.engine import run_task
 from jobs.hierarchy import fine_to_coarse_lut
-from jobs.losses import SegLoss
-from jobs.models import build_segmenter
 from jobs.models.prototypes import (
     init_prototypes_kmeans,
     prototype_loss,
@@ -34,6 +32,7 @@ from jobs.models.prototypes import (
 )
 from jobs.models.segmenter import Segmenter
 from jobs.multiclass.evaluate import evaluate, save_samples
+from jobs.segmentation import build_criterion, build_model_and_init, to_device
 from jobs.task import Feed, Fetch, Task, TrainState
 
 __all__ = ["MulticlassTask", "run"]
@@ -82,16 +81,8 @@ class MulticlassTask(Task):
 
     def build_model(self) -> torch.nn.Module:
         spec = self.spec
-        model = build_segmenter(spec.model, spec.data.crop_size)
-        if spec.model.init_from:
-            from jobs.init_from import load_init_weights
-
-            source = load_init_weights(model, spec, self.manifest, self.fold.test,
-                                       self.env.run_dir.parent)
-            print(f"encoder initialised from {source}", flush=True)
-        n_coarse = 1 + len(spec.model.coarse_groups) if spec.model.hierarchical else None
-        self.criterion = SegLoss(spec.loss, self.weights, spec.model.hierarchical,
-                                 n_coarse).to(self.env.device)
+        model = build_model_and_init(spec, self.manifest, self.fold.test, self.env.run_dir.parent)
+        self.criterion = build_criterion(spec, self.weights, self.env.device)
         self.model = model
         self.micro = 0  # micro-batches trained: the curriculum's clock, restored on resume
         self.curriculum = Curriculum.from_spec(spec.train)
@@ -166,16 +157,7 @@ class MulticlassTask(Task):
         if self.curriculum is not None and self.micro % accum == 0:
             self._enter_stage(self.micro // accum)
         self.micro += 1
-        batch = fetch("train")
-        device = self.env.device
-        images = batch["image"].to(device, non_blocking=True)
-        if self.spec.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        # uint8 labels (the loss widens them on the device, an eighth of the transfer).
-        if self.spec.model.hierarchical:
-            targets = {k: v.to(device, non_blocking=True) for k, v in batch["targets"].items()}
-        else:
-            targets = batch["mask"].to(device, non_blocking=True)
+        images, targets = to_device(fetch("train"), self.spec, self.env.device)
         with self.env.autocast():
             outputs = forward(images)
         weights = None if self.curriculum is None else self.curriculum.head_weights(self.spec.loss)

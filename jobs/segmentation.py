@@ -1,0 +1,52 @@
+"""What the segmentation kinds (multiclass, meta, adapt) share: the segmenter with its loss built
+from a spec, a batch moved to the device, and the criterion's class weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hcli.data.manifest import Manifest
+from hcli.spec import Spec
+from jobs.losses import SegLoss
+from jobs.models import build_segmenter
+from jobs.models.segmenter import Segmenter
+
+__all__ = ["build_criterion", "build_model_and_init", "to_device"]
+
+
+def build_criterion(spec: Spec, weights: Any, device: torch.device) -> SegLoss:
+    """The loss of spec.loss over the fine head (and the coarse and binary heads when
+    hierarchical), with the fold's class weights."""
+    n_coarse = 1 + len(spec.model.coarse_groups) if spec.model.hierarchical else None
+    return SegLoss(spec.loss, weights, spec.model.hierarchical, n_coarse).to(device)
+
+
+def build_model_and_init(spec: Spec, manifest: Manifest, test_ids: list[str],
+                         runs_root: Path) -> Segmenter:
+    """The segmenter, its encoder initialised from `model.init_from` when the spec says so (the
+    leakage guard refuses a source that saw `test_ids`)."""
+    model = build_segmenter(spec.model, spec.data.crop_size)
+    if spec.model.init_from:
+        from jobs.init_from import load_init_weights
+
+        source = load_init_weights(model, spec, manifest, test_ids, runs_root)
+        print(f"encoder initialised from {source}", flush=True)
+    return model
+
+
+def to_device(batch: dict[str, Any], spec: Spec, device: torch.device) -> tuple[torch.Tensor, Any]:
+    """(images, targets) of a training batch on `device`: images channels_last when asked for,
+    targets the fine mask or, for hierarchical heads, the loader's derived dict of masks. Labels
+    stay uint8 (the loss widens them on the device, an eighth of the transfer)."""
+    images = batch["image"].to(device, non_blocking=True)
+    if spec.train.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    targets: Any
+    if spec.model.hierarchical:
+        targets = {k: v.to(device, non_blocking=True) for k, v in batch["targets"].items()}
+    else:
+        targets = batch["mask"].to(device, non_blocking=True)
+    return images, targets
