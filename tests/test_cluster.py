@@ -380,8 +380,10 @@ def test_two_task_gloo_run_requeues_and_completes(
     slurm_env: SlurmCluster, synth_data: Path, tmp_path: Path  # noqa: F811
 ) -> None:
     runs = tmp_path / "runs"
+    # Two micro-batches per step: DDP's no_sync on the first, one all-reduce on the second.
     run, job = _submit_one(runs, synth_data, "slurm.tasks_per_node=2", "train.steps=60",
-                           "train.val_every_steps=20", "train.checkpoint_every_steps=10", *SLURM)
+                           "train.val_every_steps=20", "train.checkpoint_every_steps=10",
+                           "train.accum_steps=2", *SLURM)
     _wait(lambda: _trained_past(run, 4), 180, "the first train lines")
     # Both ranks get the signal; they agree on one step to stop at (all-reduce), rank 0 saves.
     assert slurm_env.run("scancel", "-s", "USR2", job).returncode == 0

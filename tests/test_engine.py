@@ -1,0 +1,78 @@
+"""The engine's step on its own: accumulation under DDP's no_sync, the task's learning-rate scale,
+and the training state's round trip (the whole loop runs in tests/test_train.py)."""
+
+from __future__ import annotations
+
+import contextlib
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from hcli.spec import load_spec
+from jobs.engine import Engine
+from jobs.optim import build_scheduler
+from jobs.task import Task, TrainState
+
+
+class _Linear(Task):
+    """One weight, loss w·x for x = 1, 2, 3, ... (gradient of a micro-step: its x)."""
+
+    def __init__(self) -> None:
+        self.model = torch.nn.Linear(1, 1, bias=False)
+        self.x = 0.0
+
+    def micro_step(self, fetch: Any, forward: Any) -> torch.Tensor:
+        self.x += 1
+        return forward(torch.tensor([[self.x]])).sum()
+
+
+class _FakeDDP:
+    """Counts the micro-steps run under no_sync (a real DDP needs a process group)."""
+
+    def __init__(self) -> None:
+        self.unsynced = 0
+
+    @contextlib.contextmanager
+    def no_sync(self) -> Any:
+        self.unsynced += 1
+        yield
+
+
+def _engine(accum: int, ddp: Any = None) -> Engine:
+    spec = load_spec(None, overrides=[f"train.accum_steps={accum}", "train.warmup_steps=0",
+                                      "train.clip_grad=null", "train.steps=10"])
+    task = _Linear()
+    engine = Engine.__new__(Engine)  # the step alone: no run folder, no data
+    engine.spec, engine.task, engine.model, engine.ddp = spec, task, task.model, ddp
+    engine.forward = task.model
+    engine.dist = SimpleNamespace(world_size=2 if ddp else 1)
+    engine.optimizer = torch.optim.SGD(task.model.parameters(), lr=1.0)
+    engine.scheduler = build_scheduler(engine.optimizer, spec.train)
+    engine.scaler = torch.amp.GradScaler("cuda", enabled=False)
+    engine.fetch = lambda name: {}  # type: ignore[method-assign]
+    return engine
+
+
+@pytest.mark.parametrize("accum", [1, 3])
+def test_accumulation_syncs_gradients_once_per_step(accum: int):
+    ddp = _FakeDDP()
+    engine = _engine(accum, ddp)
+    before = engine.model.weight.item()
+    losses, _ = engine.train_step()
+    assert len(losses) == accum
+    assert ddp.unsynced == accum - 1  # every micro-step but the last skips the all-reduce
+    # The mean gradient of x = 1..accum, one SGD step at lr 1.
+    assert before - engine.model.weight.item() == pytest.approx(sum(range(1, accum + 1)) / accum)
+
+
+def test_train_state_round_trips_and_judges_improvement():
+    s = TrainState(step=7, samplers={"train": {"epoch": 1, "position": 3, "seed": 0}},
+                   best_metric=0.5, best_step=5, last_metric=0.4, bad_validations=1)
+    back = TrainState()
+    back.load_state_dict(s.state_dict())
+    assert back == s
+    assert back.improves(0.6, "max", 0.05) and not back.improves(0.52, "max", 0.05)
+    assert back.improves(0.4, "min", 0.05) and not back.improves(0.47, "min", 0.05)
+    assert TrainState().improves(float("-inf"), "max", 0.0)  # nothing to beat yet
