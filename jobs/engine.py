@@ -268,7 +268,7 @@ class Engine:
 
     def train(self) -> Outcome:
         t, s = self.spec.train, self.state
-        self.resume()
+        self.task.on_start(self.model, resumed=self.resume())
         self.model.train()
         last_ckpt_time = time.monotonic()
         bar = tqdm(total=t.steps, initial=s.step, desc=self.ctx.run.run_id, mininterval=5,

@@ -92,7 +92,8 @@ class Task:
 
     `build_feeds()` then `build_model()` (this order fixes how the seeded RNG is consumed),
     `provenance()` (written to provenance.json before the first step), `param_groups(model)`,
-    `load_state_dict(...)` on resume, `micro_step(fetch, forward)` for every micro-batch,
+    `load_state_dict(...)` on resume, `on_start(model, resumed)`, `micro_step(fetch, forward)`
+    for every micro-batch,
     `validate(model)` every `train.val_every_steps`, `finish(model, state)` once at the end on
     the main rank, and `report(results)` to print it.
     """
@@ -129,6 +130,10 @@ class Task:
         `init_from` (run ids or paths), keyword arguments of `jobs.provenance.record_start`.
         None for a kind that trains on no data (the probe)."""
         return None
+
+    def on_start(self, model: torch.nn.Module, resumed: bool) -> None:
+        """Called once the state is restored (`resumed`) or known to be fresh, before the first
+        step: where a task initialises what a resumed run has in its checkpoint already."""
 
     def lr_scale(self) -> float:
         """A multiplier on every group's learning rate for this optimizer step (a curriculum

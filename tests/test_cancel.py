@@ -20,7 +20,10 @@ from tests.slurm_cluster import SlurmCluster, slurm_env, wait_for_state  # noqa:
 
 # As in tests/test_cluster.py: small jobs on the two-core local cluster, long enough to cancel.
 SLURM = ("slurm.cpus_per_task=1", "slurm.mem_gb=2", "slurm.time_min=5", "slurm.signal_delay_s=30")
-LONG = ("train.steps=400", "train.val_every_steps=200", "train.checkpoint_every_steps=20", *SLURM)
+# Long enough that no task can finish before the test cancels it, however loaded the machine
+# (cancelled runs never reach the end; the steps only bound a race).
+LONG = ("train.steps=20000", "train.val_every_steps=10000", "train.checkpoint_every_steps=20",
+        *SLURM)
 
 
 # -- the derivation, without SLURM -----------------------------------------------------------

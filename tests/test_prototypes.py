@@ -151,6 +151,7 @@ def test_prototype_init_reads_training_ids_only(synth_data, tmp_path, monkeypatc
     spy.read.clear()  # feeds build val/test sets lazily; only the initialisation reads here
     torch.manual_seed(0)
     model = task.build_model()
+    task.on_start(model, resumed=False)
     assert spy.read and set(spy.read) <= set(fold.train)
     assert not set(spy.read) & (set(fold.test) | set(fold.val))
     # Same seed, random init: the k-means moved the prototypes of classes with pixels only.
@@ -172,11 +173,11 @@ def test_resumed_run_does_not_reinitialise(synth_data, tmp_path, monkeypatch) ->
     monkeypatch.setattr(mt, "init_prototypes_kmeans", lambda *a, **k: calls.append(1) or [])
     task = _task(synth_data, tmp_path)
     task.build_feeds()
-    task.build_model()
+    task.on_start(task.build_model(), resumed=False)
     assert calls == [1]
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "step-00000004.pt.done").touch()
+    # The engine restored a checkpoint: its prototypes stand. A run whose every checkpoint was
+    # damaged (resumed=False although markers exist) initialises like a fresh one.
     task = _task(synth_data, tmp_path)
     task.build_feeds()
-    task.build_model()
+    task.on_start(task.build_model(), resumed=True)
     assert calls == [1]

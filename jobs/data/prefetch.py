@@ -78,7 +78,9 @@ class ThreadPrefetcher(Iterator[Any]):
         self._put(_END)
 
     def __next__(self) -> Any:
-        if self._stop.is_set() and self._queue.empty():
+        # Closed: whatever the producer managed to put after close() drained the queue (it may
+        # have been inside queue.put at that moment) is not handed out.
+        if self._stop.is_set():
             raise StopIteration
         item = self._queue.get()
         if item is _END:

@@ -90,17 +90,19 @@ class MulticlassTask(Task):
         self._proto_loss: list[torch.Tensor] = []
         if self.curriculum is not None:
             self._check_curriculum()
-        if spec.model.attention == "prototypes" and spec.model.prototypes.init == "kmeans":
-            self._init_prototypes(model)
         return model
 
-    def _resuming(self) -> bool:
-        return any((self.env.run_dir / "checkpoints").glob("step-*.pt.done"))
+    def on_start(self, model: torch.nn.Module, resumed: bool) -> None:
+        # Once per run: a resumed run has its prototypes in the checkpoint (whether or not a
+        # damaged newer one was skipped); a run whose every checkpoint was damaged starts afresh.
+        spec = self.spec
+        if (not resumed and spec.model.attention == "prototypes"
+                and spec.model.prototypes.init == "kmeans"):
+            assert isinstance(model, Segmenter)
+            self._init_prototypes(model)
 
     def _init_prototypes(self, model: Segmenter) -> None:
-        """k-means over the fold's training pixels, once: a resumed run loads its prototypes."""
-        if self._resuming():
-            return
+        """k-means over the fold's training pixels (the fold's training ids only)."""
         device, crop = self.env.device, self.spec.data.crop_size
         model.to(device).eval()
         gen = torch.Generator().manual_seed(self.spec.seed)
