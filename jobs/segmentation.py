@@ -14,7 +14,7 @@ from jobs.losses import SegLoss
 from jobs.models import build_segmenter
 from jobs.models.segmenter import Segmenter
 
-__all__ = ["build_criterion", "build_model_and_init", "to_device"]
+__all__ = ["build_criterion", "build_model_and_init", "test_results", "to_device"]
 
 
 def build_criterion(spec: Spec, weights: Any, device: torch.device) -> SegLoss:
@@ -50,3 +50,19 @@ def to_device(batch: dict[str, Any], spec: Spec, device: torch.device) -> tuple[
     else:
         targets = batch["mask"].to(device, non_blocking=True)
     return images, targets
+
+
+def test_results(spec: Spec, fold: Any, metrics: dict[str, Any], samples: Any,
+                 keys: tuple[str, ...]) -> dict[str, Any]:
+    """The part of results.json every segmentation kind writes for its test evaluation."""
+    return {
+        "split": "test",
+        "protocol": spec.data.protocol,
+        "fold": spec.data.fold,
+        "held_out": fold.held_out,
+        "fold_sizes": fold.sizes,
+        **{k: metrics[k] for k in keys},
+        "confusion_normalization": "true (rows sum to 1)",
+        "samples": samples,
+        "class_names": list(metrics["per_class_iou"]),
+    }

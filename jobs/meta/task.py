@@ -38,7 +38,12 @@ from jobs.hierarchy import fine_to_coarse_lut
 from jobs.meta.maml import MetaLearner
 from jobs.multiclass.evaluate import evaluate, save_samples
 from jobs.multiclass.task import _TEST_KEYS
-from jobs.segmentation import build_criterion, build_model_and_init, to_device
+from jobs.segmentation import (
+    build_criterion,
+    build_model_and_init,
+    test_results,
+    to_device,
+)
 from jobs.task import Feed, Fetch, Task, TrainState
 
 __all__ = ["MetaTask", "domain_of", "run", "task_plan"]
@@ -222,15 +227,7 @@ class MetaTask(Task):
         meta = self.spec.meta
         self._record_transductive()
         return {
-            "split": "test",
-            "protocol": self.spec.data.protocol,
-            "fold": self.spec.data.fold,
-            "held_out": self.fold.held_out,
-            "fold_sizes": self.fold.sizes,
-            **{k: metrics[k] for k in _TEST_KEYS},
-            "confusion_normalization": "true (rows sum to 1)",
-            "samples": samples,
-            "class_names": list(metrics["per_class_iou"]),
+            **test_results(self.spec, self.fold, metrics, samples, _TEST_KEYS),
             "transductive": self.transductive,
             "in_domain_miou": in_domain,
             "meta": {

@@ -32,7 +32,12 @@ from jobs.models.prototypes import (
 )
 from jobs.models.segmenter import Segmenter
 from jobs.multiclass.evaluate import evaluate, save_samples
-from jobs.segmentation import build_criterion, build_model_and_init, to_device
+from jobs.segmentation import (
+    build_criterion,
+    build_model_and_init,
+    test_results,
+    to_device,
+)
 from jobs.task import Feed, Fetch, Task, TrainState
 
 __all__ = ["MulticlassTask", "run"]
@@ -216,15 +221,7 @@ class MulticlassTask(Task):
                                    self.env.run_dir / "figures" / "prototypes", self.env.device,
                                    self.spec.train.overlays, list(CLASS_NAMES))
         return {
-            "split": "test",
-            "protocol": self.spec.data.protocol,
-            "fold": self.spec.data.fold,
-            "held_out": self.fold.held_out,
-            "fold_sizes": self.fold.sizes,
-            **{k: metrics[k] for k in _TEST_KEYS},
-            "confusion_normalization": "true (rows sum to 1)",
-            "samples": samples,
-            "class_names": list(metrics["per_class_iou"]),
+            **test_results(self.spec, self.fold, metrics, samples, _TEST_KEYS),
         }
 
     def report(self, results: dict[str, Any]) -> None:
