@@ -40,6 +40,15 @@ RESUME_BASE = (
 RESUMABLE: dict[str, tuple[str, ...]] = {
     "multiclass": ("model.hierarchical=true",),
     "mae": ("mae.patch_size=16", "mae.norm_target=true"),
+    # The other two families through the same mask-token mechanism (jobs/models/encoders.py
+    # SHRUNKEN_ENCODER_KWARGS): Swin's NHWC patch embedding, MaxViT's stride-2 stem.
+    "mae:swin": ("model.backbone=swin",
+                 "model.encoder_kwargs={embed_dim: 24, depths: [1, 1, 1, 1], "
+                 "num_heads: [1, 1, 1, 1]}", "mae.patch_size=16", "mae.loss=mse"),
+    "mae:maxvit": ("model.backbone=maxvit",
+                   "model.encoder_kwargs={embed_dim: [16, 32, 64, 128], depths: [1, 1, 1, 1], "
+                   "stem_width: 16, transformer_dim_head: 16}", "mae.patch_size=16",
+                   "mae.decoder=conv"),
     "meta": ("data.protocol=lomo", "meta.tasks_per_step=2", "meta.inner_steps=1"),
     "multiclass:curriculum": ("model.hierarchical=true", "model.attention=prototypes",
                               "train.curriculum=[binary,coarse,fine]"),
