@@ -24,6 +24,8 @@ __all__ = [
     "AdaptResults",
     "AttemptCompute",
     "Compute",
+    "CurriculumProgress",
+    "DataRead",
     "EventLine",
     "Hardware",
     "JobRecord",
@@ -475,6 +477,20 @@ class Seen(SampleSet):
     derived: bool = False
 
 
+class DataRead(_Model):
+    """Where the newest execution read the prepared data (data.stage_to_local; docs/staging.md)."""
+
+    root: str  # spec's data.root, the shared folder
+    read_from: str  # the folder read: a node-local copy, or root
+    staged: bool = False
+    reused: bool = False  # a copy an earlier job made on this node, checked again
+    bytes: int = 0  # staged bytes (shards and manifest)
+    copy_s: float | None = None
+    verify_s: float | None = None
+    host: str | None = None
+    note: str | None = None  # why staging fell back to root
+
+
 class Provenance(_Model):
     run_id: str
     kind: str
@@ -486,6 +502,7 @@ class Provenance(_Model):
     init_from: list[str] = Field(default_factory=list)  # run ids (or checkpoint paths)
     seen: list[Seen] = Field(default_factory=list)  # this run and every run it descends from
     end: dict[str, Any] = Field(default_factory=dict)  # what the job adds when it finishes
+    data: DataRead | None = None  # where the data was read from
 
 
 # -- compute over every execution --------------------------------------------------------------

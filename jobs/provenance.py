@@ -11,11 +11,12 @@ unlabelled images, meta-training over domains). Torch-free.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hcli.contract import Provenance, SampleSet, Seen, dump
+from hcli.contract import DataRead, Provenance, SampleSet, Seen, dump
 from hcli.errors import SpecError
 from hcli.fsutil import atomic_write_json, atomic_write_text, read_json
 from hcli.runs import Run, find_run, now_iso
@@ -112,6 +113,9 @@ def record_start(
     """Write provenance.json as the run starts (a resumed run rewrites the same content)."""
     runs_root = run.path.parent
     manifest_path = Path(manifest_path)
+    data = _data_read(manifest_path.parent)
+    if data.staged:
+        manifest_path = Path(data.root) / manifest_path.name  # the shared one, byte-identical
     samples = {
         "train": _write_ids(run.path, f"{_LISTS}/train.txt", train_ids),
         "val": _write_ids(run.path, f"{_LISTS}/val.txt", val_ids),
@@ -143,9 +147,23 @@ def record_start(
         samples=samples,
         init_from=sources,
         seen=seen,
+        data=data,
     )
     atomic_write_json(run.path / PROVENANCE, dump(prov))
     return prov
+
+
+def _data_read(folder: Path) -> DataRead:
+    """Where the data in `folder` came from: a node-local copy `jobs.data.staging` made in
+    this process, a fallback it chose, or the folder itself. Looked up in sys.modules, not
+    imported: the staging module (which imports torch) is loaded only by jobs that staged."""
+    staging = sys.modules.get("jobs.data.staging")
+    found = staging.origin_of(folder) if staging is not None else None
+    if found is None:
+        return DataRead(root=str(folder), read_from=str(folder))
+    return DataRead(root=str(found.root), read_from=str(found.read_from), staged=found.staged,
+                    reused=found.reused, bytes=found.bytes, copy_s=found.copy_s,
+                    verify_s=found.verify_s, host=found.host, note=found.note)
 
 
 def record_end(run: Run, **extra: Any) -> Provenance:

@@ -157,6 +157,12 @@ def run_job(run_dir: Path) -> dict[str, Any]:
         from hcli.launch._checks import preflight
 
         preflight(spec, run.path.parent, on_node=True)
+        if spec.data.stage_to_local:
+            # Before the workload opens any data; only the in-memory spec changes, so the run
+            # folder's spec.json and the run id keep the shared path.
+            from jobs.data.staging import stage_spec
+
+            ctx.spec, _ = stage_spec(spec)
         outcome = _load_workload(spec.kind)(ctx)
     except BaseException as exc:
         if ctx.is_main:

@@ -161,6 +161,8 @@ CHANGED: dict[str, tuple[Any, str]] = {
 EXECUTION_ONLY_CHANGED: dict[str, Any] = {
     "name": "other",
     "data.num_workers": 8,
+    "data.stage_to_local": True,
+    "data.stage_dir": "/local/scratch",
     "train.checkpoint_every_steps": 7,
     "train.checkpoint_every_min": 1.0,
     "train.keep_checkpoints": 9,

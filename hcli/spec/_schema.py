@@ -86,6 +86,15 @@ class DataSpec(_Section):
         None, description="sliding-window side for evaluation (default: crop_size)"
     )
     num_workers: int = _execution_only(default=2, ge=0, description="loader worker processes")
+    stage_to_local: bool = _execution_only(
+        default=False,
+        description="copy the shards to node-local scratch at job start and read them there",
+    )
+    stage_dir: Path | None = _execution_only(
+        default=None,
+        description="scratch folder for stage_to_local, $VARS expanded on the node "
+        "(default: $SLURM_TMPDIR, else $TMPDIR, else /tmp)",
+    )
 
     @field_validator("scale_range")
     @classmethod
