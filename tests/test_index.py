@@ -20,11 +20,13 @@ import pytest
 from hcli.contract import Progress, dump
 from hcli.fsutil import atomic_write_json
 from hcli.runs import Run, create_run
-from hcli.scan import INDEX, SUMMARY_KEYS, scan
+from hcli.scan import FIELD, INDEX, SUMMARY_KEYS, WATCHED, scan
 from hcli.spec import load_spec
 from hcli.status import status_rows
 
 _SPEC = load_spec(None, kind="multiclass")
+# An index row: size and mtime_ns of each watched file, then the summary's values.
+_SIG = 2 * len(WATCHED)
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +73,7 @@ def test_an_unchanged_run_is_read_from_the_index(tmp_path: Path) -> None:
     assert run.run_id in _index(root)["runs"]
     # Change what the index says, not the file: status shows the index's word, so it is used.
     doc = _index(root)
-    doc["runs"][run.run_id][1][SUMMARY_KEYS.index("backbone")] = "from-the-index"
+    doc["runs"][run.run_id][_SIG + FIELD["backbone"]] = "from-the-index"
     (root / INDEX).write_text(json.dumps(doc))
     assert status_rows(root)[0]["backbone"] == "from-the-index"
 
@@ -94,36 +96,69 @@ def test_a_cancelled_run_requeued_shows_its_new_state(tmp_path: Path) -> None:
     assert (row["recorded_state"], row["message"]) == ("REQUEUED", "requeued after USR2")
 
 
-def test_a_file_rewritten_in_place_at_the_same_size_is_read_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("file", "before", "after", "key", "want"), [
+    ("state.json", '"COMPLETED"', '"CANCELLED"', "recorded_state", "CANCELLED"),
+    ("progress.json", '"val_miou": 0.4', '"val_miou": 0.7', "latest_metric", 0.7),
+])
+def test_a_file_rewritten_in_place_at_the_same_size_is_read_again(
+        tmp_path: Path, file: str, before: str, after: str, key: str, want: object) -> None:
     # An editor, or `sed -i`-like tool, writing in place: the folder's mtime does not change
-    # and COMPLETED -> CANCELLED keeps the size; only the file's own mtime tells.
+    # and the size stays; only the file's own mtime tells.
     root = tmp_path / "runs"
     run = _run(root, "multiclass-swin-edited", "COMPLETED")
     folder_mtime = run.path.stat().st_mtime_ns
-    assert _states(root)[run.run_id] == "COMPLETED"
-    text = run.state_path.read_text()
-    with open(run.state_path, "r+") as fh:
-        fh.write(text.replace('"COMPLETED"', '"CANCELLED"'))
+    assert status_rows(root)[0][key] != want
+    assert run.run_id in _index(root)["runs"]
+    text = (run.path / file).read_text()
+    assert before in text
+    with open(run.path / file, "r+") as fh:
+        fh.write(text.replace(before, after))
     assert run.path.stat().st_mtime_ns == folder_mtime
-    assert _states(root)[run.run_id] == "CANCELLED"
+    assert status_rows(root)[0][key] == want
 
 
-def test_a_results_file_rewritten_refreshes_the_row(tmp_path: Path) -> None:
+def test_the_signature_covers_every_file_a_row_is_read_from(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A row is reused while the watched files are unchanged, so it must be made of them only:
+    # a summary field taken from another file (results.json, say) would go stale unseen.
+    import hcli.scan
+
+    root = tmp_path / "runs"
+    run = _run(root, "multiclass-swin-done", "COMPLETED")
+    (run.path / "results.json").write_text(json.dumps({"miou": 0.3}))
+    read: list[str] = []
+
+    def recording(path: str, default: object = None) -> object:
+        read.append(os.path.basename(path))
+        return hcli.fsutil.read_json(path, default)
+
+    monkeypatch.setattr(hcli.scan, "read_json", recording)
+    rows = scan(root, index=False)
+    assert rows and read  # the run was read from its files
+    assert set(read) <= set(WATCHED)
+    assert set(WATCHED) <= set(read)  # the run has both files: both are part of its row
+
+
+def test_a_results_file_rewritten_is_what_collect_reads(tmp_path: Path) -> None:
+    # Status shows nothing of results.json (no part of the index's signature); collect, which
+    # lists runs through the index, reads each run's results afresh: a re-evaluation shows.
+    from hcli.report.load import discover_runs, load_runs
+
     root = tmp_path / "runs"
     run = _run(root, "multiclass-swin-results", "COMPLETED")
-    (run.path / "results.json").write_text(json.dumps({"miou": 0.1}))
+    results = {"run_id": run.run_id, "kind": "multiclass", "miou": 0.125}
+    (run.path / "results.json").write_text(json.dumps(results))
     _age(run)
     status_rows(root)
-    before = _index(root)["runs"][run.run_id][0]
-    # Rewritten (a re-evaluation), and the state with it: both show at the next call.
+    before = _index(root)["runs"][run.run_id]
+    with open(run.path / "results.json", "r+") as fh:  # in place, the same size
+        fh.write(json.dumps({**results, "miou": 0.375}))
+    assert [r.miou for r in load_runs(discover_runs(root))] == [0.375]
+    assert _index(root)["runs"][run.run_id] == before  # the row stands: nothing of it changed
+    # Rewritten with the state (a re-evaluation that failed): the state shows at the next call.
     (run.path / "results.json").write_text(json.dumps({"miou": 0.25, "note": "re-evaluated"}))
     run.update_state(state="FAILED", message="re-evaluation failed")
     assert _states(root)[run.run_id] == "FAILED"
-    _age(run, 60)
-    status_rows(root)
-    after = _index(root)["runs"][run.run_id][0]
-    assert after[4:] != before[4:]  # the results.json signature is the new file's
-    assert after[4] == (run.path / "results.json").stat().st_size
 
 
 def test_recent_files_are_not_trusted_to_the_index(tmp_path: Path) -> None:
@@ -162,7 +197,7 @@ def test_a_deleted_or_corrupt_index_is_rebuilt(tmp_path: Path, damage: str) -> N
     assert _states(root) == want
     rebuilt = _index(root)
     assert set(rebuilt["runs"]) == {done.run_id, failed.run_id}
-    assert all(len(row[1]) == len(SUMMARY_KEYS) for row in rebuilt["runs"].values())
+    assert all(len(row) == _SIG + len(SUMMARY_KEYS) for row in rebuilt["runs"].values())
 
 
 def test_a_deleted_run_leaves_the_index(tmp_path: Path) -> None:
@@ -192,6 +227,8 @@ def test_an_unwritable_index_still_gives_a_status(tmp_path: Path,
 
 
 def test_two_status_calls_while_a_run_finishes_leave_a_valid_index(tmp_path: Path) -> None:
+    import hcli.scan
+
     root = tmp_path / "runs"
     for i in range(40):
         _run(root, f"multiclass-swin-old{i:03d}", "COMPLETED")
@@ -218,7 +255,7 @@ def test_two_status_calls_while_a_run_finishes_leave_a_valid_index(tmp_path: Pat
             assert {r["recorded_state"] for r in json.loads(out)
                     if r["run_id"] == finishing.run_id} <= {"RUNNING", "COMPLETED"}
         doc = _index(root)  # whole, valid JSON: one writer's or the other's
-        assert doc["version"] == 3 and len(doc["runs"]) >= 40
+        assert doc["version"] == hcli.scan._VERSION and len(doc["runs"]) >= 40
         assert not [p for p in (root / ".cache").iterdir() if p.name.endswith(".tmp")]
         assert _states(root)[finishing.run_id] == "COMPLETED"
         finishing.update_state(state="RUNNING")

