@@ -1,4 +1,4 @@
-"""CLI latency: `hcli --help`, `hcli status` and `hcli status --json` over 500 run folders.
+"""CLI latency: `hcli --help`, `hcli status` and `hcli status --json` over 500 (--runs) run folders.
 
 Each command runs in a fresh process (what a user waits for: interpreter start, imports, reading
 the run folders, printing), interleaved with the baseline `python -c pass` measured in the same
@@ -50,6 +50,10 @@ from benchmarks._util import (  # noqa: E402
 __all__ = ["make_runs", "count_scheduler_calls", "active_slurm_jobs", "queue_held_jobs", "main"]
 
 GOAL_S = 0.200
+# Issue 18's goals, warm index: the table < 200 ms, --json (every run) < 300 ms; the first call
+# after deleting the index, --all and the import floor are reported without a goal.
+GOALS = {"hcli --help": GOAL_S, "hcli status": GOAL_S, "hcli status --json": 0.300,
+         "baseline: hcli status": GOAL_S, "baseline: hcli status --json": 0.300}
 # (state, share) of a study in progress; most runs are finished.
 _STATE_MIX = [("COMPLETED", 0.55), ("FAILED", 0.08), ("CANCELLED", 0.07), ("RUNNING", 0.15),
               ("PENDING", 0.08), ("REQUEUED", 0.07)]
@@ -166,11 +170,20 @@ def count_scheduler_calls(root: Path, fake_bin: Path, *args: str) -> dict[str, i
 
 
 def active_slurm_jobs(root: Path) -> int:
-    """Distinct SLURM jobs (arrays count once) of the runs whose state.json says active."""
-    jobs = set()
-    for state_file in _active_slurm_runs(root):
-        jobs.add(json.loads(state_file.read_text())["jobs"][-1]["job_id"].split("_")[0])
-    return len(jobs)
+    """Distinct SLURM jobs (arrays count once) status asks squeue about: those of the runs whose
+    state.json says active, and of those cancelled in the last minutes (their job may still be
+    saving: CANCELLING)."""
+    from hcli.status import _CANCELLING_WITHIN_S
+
+    files = set(_active_slurm_runs(root))
+    now = datetime.now(UTC)
+    for state_file in root.glob("*/state.json"):
+        st = json.loads(state_file.read_text())
+        job = st["jobs"][-1]["job_id"] if st.get("jobs") else ""
+        age = (now - datetime.fromisoformat(st["updated_at"])).total_seconds()
+        if st["state"] == "CANCELLED" and job[:1].isdigit() and age < _CANCELLING_WITHIN_S:
+            files.add(state_file)
+    return len({json.loads(f.read_text())["jobs"][-1]["job_id"].split("_")[0] for f in files})
 
 
 def _active_slurm_runs(root: Path) -> list[Path]:
@@ -242,6 +255,48 @@ def _time_collect(root: Path, hcli: list[str], py: list[str], env: dict[str, str
             f"{(wall - base) / n * 1e3:.2f} ms per run (python -c pass {base * 1e3:.0f} ms)"]
 
 
+def _best_ms(fn: Callable[[], object], reps: int) -> float:
+    import time
+
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def _floors(root: Path, reps: int) -> dict[str, float]:
+    """What `hcli status` cannot avoid over these folders, in ms, best of `reps` in this process
+    (page cache warm, as for the warm-index call): listing the root, reading and decoding the
+    index, and the stats of the signature; beside them the unsound one-stat-per-folder signal."""
+    from hcli.scan import INDEX, WATCHED, run_folders, scan_rows
+
+    names = run_folders(root)
+    index = root / INDEX
+    base = str(root)
+
+    def stats(files: tuple[str, ...]) -> None:
+        for name in names:
+            for f in files:
+                try:  # noqa: SIM105 - what scan does: contextlib.suppress costs more than a stat
+                    os.stat(f"{base}/{name}/{f}" if f else f"{base}/{name}")
+                except OSError:
+                    pass
+
+    return {
+        "list the runs root": _best_ms(lambda: run_folders(root), reps),
+        "read the index (bytes)": _best_ms(index.read_bytes, reps),
+        "decode the index": _best_ms(lambda: json.loads(index.read_bytes()), reps),
+        "stat each run folder (1/run)": _best_ms(lambda: stats(("",)), reps),
+        f"stat {' and '.join(WATCHED)} ({len(WATCHED)}/run)": _best_ms(
+            lambda: stats(WATCHED), reps),
+        "stat of 3 files (3/run, as before)": _best_ms(
+            lambda: stats((*WATCHED, "results.json")), reps),
+        "scan_rows, warm index (all of it)": _best_ms(lambda: scan_rows(root), reps),
+    }
+
+
 def _slurm_env(env_file: Path) -> dict[str, str] | None:
     """The environment after `source env_file`, when it exists and squeue answers."""
     if not env_file.is_file():
@@ -261,10 +316,12 @@ def _report(title: str, results: dict[str, Samples], base: str = "python -c pass
     for name, s in results.items():
         if name == base:
             continue
-        verdict = "ok" if s.median < GOAL_S else "MISSED"
+        goal = GOALS.get(name)
+        verdict = "" if goal is None else (
+            f"; goal < {goal * 1e3:.0f} ms: {'ok' if s.median < goal else 'MISSED'}")
         lines.append(f"  {name:<26} {s.spread()}")
         lines.append(f"  {'':<26} -> +{(s.median - b) * 1e3:.0f} ms over python, "
-                     f"{s.median / b:.1f}x; goal < {GOAL_S * 1e3:.0f} ms: {verdict}")
+                     f"{s.median / b:.1f}x{verdict}")
     return lines
 
 
@@ -298,7 +355,10 @@ def main() -> None:
         status = [*hcli, "status", "--runs-dir", str(root)]
         subprocess.run(status, env=no_slurm, check=True, stdout=subprocess.DEVNULL)  # the index
         index = root / ".cache" / "index.json"
-        cmds = {"python -c pass": py, "hcli --help": [*hcli, "--help"], "hcli status": status,
+        imports = [sys.executable, "-c", "import hcli.cli, hcli.cli._fast, hcli.cli._status_view, "
+                   "hcli.status, hcli.runs_dir"]
+        cmds = {"python -c pass": py, "python + status imports": imports,
+                "hcli --help": [*hcli, "--help"], "hcli status": status,
                 "hcli status --json": [*status, "--json"], "hcli status --all": [*status, "--all"],
                 "hcli status, no index": status}
         envs = {}
@@ -314,6 +374,17 @@ def main() -> None:
         shown = subprocess.run(status, env=no_slurm, check=True, capture_output=True, text=True)
         lines.append(f"  hcli status prints {len(shown.stdout.splitlines())} lines; last: "
                      f"{shown.stdout.splitlines()[-1][:100]!r}")
+        floors = _floors(root, args.reps)
+        lines.append(f"\nfloors over {args.runs} runs, in this process (best of {args.reps}):")
+        lines += [f"  {name:<42} {ms:7.1f} ms" for name, ms in floors.items()]
+        sig = next(ms for name, ms in floors.items() if name.startswith("stat state.json"))
+        floor = timed["python + status imports"].median * 1e3 + sig + floors["decode the index"]
+        for name in ("hcli status", "hcli status --json"):
+            lines.append(f"  {name:<26} median {timed[name].median * 1e3:.0f} ms = "
+                         f"{timed[name].median * 1e3 / floor:.1f}x the floor {floor:.0f} ms "
+                         "(python + status imports + the signature's stats + decoding the index)")
+        lines.append(f"  load average: {Path('/proc/loadavg').read_text().strip()}"
+                     if Path("/proc/loadavg").exists() else "")
         print("\n".join(lines), flush=True)  # collect takes a while: show these first
         lines = []
         if args.collect:

@@ -547,3 +547,27 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str],
             main(["collect", "--runs-dir", str(root), "--out", str(tmp_path / "x"), *argv])
         assert exc.value.code == 2
         assert needle in capsys.readouterr().err
+
+
+def test_figures_follow_the_runs_selected(tmp_path: Path) -> None:
+    # Figures are drawn for the groups and runs the tables show, and no others: collecting one
+    # backbone's runs out of a runs root with two draws nothing of the other.
+    from hcli.cli.collect import run_collect
+
+    root = tmp_path / "runs"
+    curve = [{"step": 10, "time": _t(0), "split": "train", "loss": 2.0},
+             {"step": 20, "time": _t(1), "split": "val", "miou": 0.3}]
+    for backbone in ("convnext", "swin"):
+        for fold in (0, 1):
+            make_run(root, f"multiclass-{backbone}-f{fold}", backbone=backbone, fold=fold,
+                     miou=0.4, confusion=True, metrics=curve)
+    result = run_collect(["multiclass-swin-*"], out=tmp_path / "rep", formats="json",
+                         runs_dir=root)
+    doc = json.loads((tmp_path / "rep" / "report.json").read_text())
+    shown_groups = {r["model.backbone"] for r in _table(result, "comparison").rows}
+    assert shown_groups == {"swin"}
+    figures = sorted(Path(f).name for f in doc["figures"] if f.endswith(".png"))
+    assert figures == ["confusion_swin.png", "curves_multiclass-swin-f0.png",
+                       "curves_multiclass-swin-f1.png", "per_class_iou.png"]
+    assert sorted(p.name for p in (tmp_path / "rep" / "figures").glob("*.png")) == figures
+    assert len(result.runs) == 2
