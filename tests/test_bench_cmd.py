@@ -19,6 +19,8 @@ from hcli.calibration import (
     save_calibration,
 )
 from hcli.errors import UserError
+from tests.conftest import TINY, run_cli
+from tests.slurm_cluster import SlurmCluster, slurm_env, wait_for_state  # noqa: F401
 
 
 def _hw(key: str = "cpu-test-2c-torch2", gpu_name: str | None = None, gpus: int = 0) -> Hardware:
@@ -115,3 +117,84 @@ def test_hardware_here_describes_this_machine() -> None:
     assert hw.key == hardware_here().key  # stable
     assert hw.key == hw.key.lower() and " " not in hw.key and os.sep not in hw.key
     assert json.loads(hw.model_dump_json())["key"] == hw.key
+
+
+# conftest's tiny model without the keys the bench's own options set (--backbone, --crop).
+BENCH_TINY = [o for o in TINY if not o.startswith(("model.backbone=", "data.crop_size="))]
+TINY_KWARGS = {"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128]}
+
+
+def _overrides(data: Path, *extra: str) -> list[str]:
+    args = []
+    for item in [*BENCH_TINY, f"data.root={data}", *extra]:
+        args += ["-o", item]
+    return args
+
+
+def test_bench_local_measures_every_kind(synth_data: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    done = run_cli(["bench", "--local", "--json", "--backbone", "convnext", "--crop", "64",
+                    "--steps", "2", "--warmup", "1", "--runs-dir", str(runs),
+                    *_overrides(synth_data)])
+    printed = Calibration.model_validate_json(done.stdout)
+    assert printed.hardware.key == hardware_here().key
+    by_kind = {e.kind: e for e in printed.entries}
+    assert sorted(by_kind) == ["infer", "mae", "meta", "multiclass"]
+    # Samples per optimizer step: train.batch_size x accum_steps (meta: x meta.tasks_per_step).
+    assert {k: e.batch_size for k, e in by_kind.items()} == {
+        "multiclass": 2, "mae": 2, "meta": 2 * 4, "infer": 1}
+    for e in printed.entries:
+        assert (e.backbone, e.crop, e.amp, e.encoder_kwargs) == ("convnext", 64, "none",
+                                                                 TINY_KWARGS)
+        assert e.step_s > 0 and e.peak_mem_mb > 0 and e.steps_measured == 2
+        assert e.samples_per_s == pytest.approx(e.batch_size / e.step_s, rel=1e-9)
+        # Startup includes importing torch in a fresh process: never a few milliseconds.
+        assert e.startup_s > 0.3
+    # A meta step is four tasks of six forward/backward passes each (5 inner + query).
+    assert by_kind["meta"].step_s > by_kind["multiclass"].step_s
+    # What was printed is what was stored, and the planner finds it.
+    (stored,) = load_calibrations(runs)
+    assert stored == printed
+    for kind in by_kind:
+        found = find_entry([stored], hardware=None, kind=kind, backbone="convnext",
+                           encoder_kwargs=TINY_KWARGS, crop=64, amp="none")
+        assert found is not None and found[1] == by_kind[kind]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--kinds", "train"], "--kinds train: choose from multiclass, mae, meta, infer"),
+    (["--amp", "fp8"], "--amp fp8: choose from none, bf16, fp16"),
+    (["--crop", "64px"], "--crop 64px"),
+    (["-o", "data.crop_size=64"], "-o data.crop_size: the bench sets it from --crop"),
+    (["--local", "--cluster"], "pick one"),
+])
+def test_bench_bad_options_are_one_line_errors(tmp_path: Path, synth_data: Path,
+                                               args: list[str], says: str) -> None:
+    done = run_cli(["bench", "--local", "--runs-dir", str(tmp_path), "--crop", "64",
+                    *_overrides(synth_data), *args], check=False)
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_bench_missing_data_is_refused_before_measuring(tmp_path: Path) -> None:
+    done = run_cli(["bench", "--local", "--runs-dir", str(tmp_path / "runs"),
+                    "-o", f"data.root={tmp_path / 'nowhere'}"], check=False)
+    assert done.returncode == 2 and "nowhere" in done.stderr, done.stderr
+    assert not (tmp_path / "runs" / ".calibrations").exists()
+
+
+@pytest.mark.slurm
+def test_bench_cluster_job_writes_the_calibration_on_the_node(
+        slurm_env: SlurmCluster, synth_data: Path, tmp_path: Path) -> None:  # noqa: F811
+    runs = tmp_path / "runs"
+    done = run_cli(["bench", "--cluster", "--json", "--kinds", "multiclass", "--crop", "64",
+                    "--steps", "2", "--warmup", "1", "--runs-dir", str(runs),
+                    *_overrides(synth_data, "slurm.cpus_per_task=1", "slurm.mem_gb=2",
+                                "slurm.time_min=5", "slurm.signal_delay_s=30")])
+    job = json.loads(done.stdout)
+    wait_for_state(job["job_id"], {"COMPLETED"}, timeout=400)
+    (cal,) = load_calibrations(runs)
+    (entry,) = cal.entries
+    assert (entry.kind, entry.crop, entry.steps_measured) == ("multiclass", 64, 2)
+    assert entry.samples_per_s == pytest.approx(entry.batch_size / entry.step_s)
+    assert "calibration:" in Path(job["stdout"]).read_text()

@@ -5,6 +5,7 @@ from typing import Annotated
 import typer
 
 from hcli import __version__
+from hcli.cli import bench as _bench
 from hcli.cli import collect as _collect
 from hcli.cli import data as _data
 from hcli.cli import doctor as _doctor
@@ -53,3 +54,4 @@ app.add_typer(_data.app, name="data", help="Synthesize, prepare, inspect and spl
 _runs.register(app)
 _doctor.register(app)
 _collect.register(app)
+_bench.register(app)
