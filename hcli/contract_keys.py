@@ -6,8 +6,8 @@ and progress.json as plain dicts. These tuples name the same fields as the model
 so a field renamed in the contract cannot silently leave status reading the old name.
 """
 
-__all__ = ["HARDWARE_KEYS", "JOB_KEYS", "LATEST_KEYS", "PROGRESS_KEYS", "REQUEUE_KEYS",
-           "STATE_KEYS"]
+__all__ = ["CURRICULUM_KEYS", "HARDWARE_KEYS", "JOB_KEYS", "LATEST_KEYS", "PROGRESS_KEYS",
+           "REQUEUE_KEYS", "STATE_KEYS"]
 
 STATE_KEYS = (
     "run_id", "kind", "backbone", "name", "state", "attempt", "restarts", "executor", "jobs",
@@ -21,7 +21,9 @@ HARDWARE_KEYS = ("host", "nodes", "nodelist", "world_size", "gpus", "gpu_name")
 REQUEUE_KEYS = ("at", "step", "reason", "job_id")
 PROGRESS_KEYS = (
     "step", "total_steps", "epoch", "phase", "eta_s", "heartbeat", "latest", "best_val_miou",
-    "best_step",
+    "best_step", "curriculum",
 )
+# progress.json's "curriculum" (status shows "coarse 2/3").
+CURRICULUM_KEYS = ("stage", "number", "stages", "began")
 # Figures the multiclass job keeps in progress.json's "latest" (status shows val_miou).
 LATEST_KEYS = ("loss", "val_miou")

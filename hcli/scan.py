@@ -73,7 +73,7 @@ _SETTLE_NS = 2_000_000_000
 # `summarize`, and bumps _VERSION; `hcli.status.select_rows` then reads it by `FIELD[...]`.
 SUMMARY_KEYS = (
     "run_id", "kind", "backbone", "name", "state", "restarts", "message", "job_id", "pid",
-    "host", "changed_at", "step", "total_steps", "latest_metric", "eta_s", "heartbeat",
+    "host", "changed_at", "step", "total_steps", "latest_metric", "eta_s", "heartbeat", "stage",
 )
 # Position of each field in a row's values (`scan_rows`), for filters that build no dict.
 FIELD = {key: i for i, key in enumerate(SUMMARY_KEYS)}
@@ -126,7 +126,16 @@ def summarize(state: dict[str, Any], progress: dict[str, Any],
         "latest_metric": latest.get("val_miou", latest.get("miou", latest.get("val_loss"))),
         "eta_s": progress.get("eta_s"),
         "heartbeat": progress.get("heartbeat"),
+        "stage": _stage(progress.get("curriculum")),
     }
+
+
+def _stage(cur: Any) -> str | None:
+    """A curriculum run's stage as status shows it, "coarse 2/3" (contract_keys.CURRICULUM_KEYS)."""
+    try:
+        return f"{cur['stage']} {cur['number']}/{len(cur['stages'])}"
+    except (KeyError, TypeError):
+        return None
 
 
 class _RootStat:

@@ -208,6 +208,7 @@ def _row(path: str, s: dict[str, Any], witness: dict[str, str], now: float) -> d
         "total_steps": total,
         "progress": (step / total) if step is not None and total else None,
         "latest_metric": s["latest_metric"],
+        "stage": s["stage"],
         "eta_s": s["eta_s"] if derived == "RUNNING" else None,
         "heartbeat_age_s": heartbeat_age,
         "message": s["message"],

@@ -8,14 +8,15 @@ every parameter stays in the graph (DDP needs that).
 
 A stage ends at its share of train.steps (cumulative `curriculum_fractions`), or earlier after
 `curriculum_plateau` validations without improvement of the stage's own figure (binary, coarse
-or fine mIoU). The position (stage, its first step, the plateau count) is training state: it
-is saved in every checkpoint through the task's state_dict, so a run killed in any stage resumes
-in that stage at the right step.
+or fine mIoU). The position (stage, the step each stage began, the plateau count) is training
+state: it is saved in every checkpoint through the task's state_dict, so a run killed in any
+stage resumes in that stage at the right step. `progress()` is what progress.json shows of it
+(hcli.contract.CurriculumProgress; `hcli status` prints "coarse 2/3").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hcli.spec import LossSpec, TrainSpec
@@ -46,6 +47,9 @@ class Curriculum:
     start_step: int = 0
     best: float | None = None
     bad: int = 0
+    # The step each stage so far began at, and what began it: start, schedule or plateau.
+    began: list[int] = field(default_factory=lambda: [0])
+    causes: list[str] = field(default_factory=lambda: ["start"])
 
     @classmethod
     def from_spec(cls, train: TrainSpec) -> Curriculum | None:
@@ -81,7 +85,7 @@ class Curriculum:
         """Move to the stage `step` (optimizer steps done) falls in; True when it changed."""
         changed = False
         while self.index < len(self.stages) - 1 and step >= self.ends[self.index]:
-            self._next(step)
+            self._next(step, "schedule")
             changed = True
         return changed
 
@@ -99,16 +103,34 @@ class Curriculum:
 
     def end_stage(self, step: int) -> None:
         if self.index < len(self.stages) - 1:
-            self._next(step)
+            self._next(step, "plateau")
 
-    def _next(self, step: int) -> None:
+    def _next(self, step: int, cause: str) -> None:
         self.index += 1
         self.start_step, self.best, self.bad = step, None, 0
+        self.began.append(step)
+        self.causes.append(cause)
+
+    @property
+    def cause(self) -> str:
+        """What began the current stage: start, schedule (its share of steps) or plateau."""
+        return self.causes[self.index]
+
+    def progress(self) -> dict[str, Any]:
+        """progress.json's `curriculum` (hcli.contract.CurriculumProgress)."""
+        return {"stage": self.stage, "number": self.index + 1, "stages": list(self.stages),
+                "began": list(self.began)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"index": self.index, "start_step": self.start_step, "best": self.best,
-                "bad": self.bad}
+                "bad": self.bad, "began": list(self.began), "causes": list(self.causes)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.index, self.start_step = int(state["index"]), int(state["start_step"])
         self.best, self.bad = state["best"], int(state["bad"])
+        # Checkpoints from before the stage history kept only the current stage's start.
+        self.began = [int(s) for s in state.get("began", [])]
+        self.causes = [str(c) for c in state.get("causes", [])]
+        if len(self.began) != self.index + 1:
+            self.began = [0, *self.ends[:max(self.index - 1, 0)]][:self.index] + [self.start_step]
+            self.causes = ["start"] + ["schedule"] * self.index

@@ -287,6 +287,7 @@ class Engine:
                 t_log, n_log = time.perf_counter(), 0
             if s.step % t.val_every_steps == 0 or s.step == t.steps:
                 stopped_early = self.validate()
+            self._task_events(bar)
             due = (s.step % t.checkpoint_every_steps == 0
                    or time.monotonic() - last_ckpt_time > 60 * t.checkpoint_every_min)
             if self._stop_requested():
@@ -307,6 +308,19 @@ class Engine:
             self.finish(stopped_early)
         self.progress.close()
         return Outcome("completed", s.step)
+
+    def _task_events(self, bar: Any) -> None:
+        """What the task announced during the step (jobs.task.TaskEvent), written out."""
+        for ev in self.task.pop_events():
+            if not self.ctx.is_main:
+                continue
+            if ev.event is not None:
+                self.progress.event(ev.step, ev.event, **ev.fields)
+            if ev.progress:
+                self.progress.note(**ev.progress)
+            if ev.tag is not None:
+                bar.set_description(f"{self.ctx.run.run_id} {ev.tag}", refresh=False)
+            bar.write(f"step {ev.step}: {ev.message}")
 
     def _log_train(self, losses: list[torch.Tensor], grad_norm: float | None, n: int,
                    elapsed: float, bar: Any) -> None:

@@ -44,7 +44,7 @@ def append_line(run_dir: Path, line: MetricsLine) -> dict[str, Any]:
 def append_event(
     run_dir: Path, step: int, event: str, *, time: str | None = None, **fields: Any
 ) -> dict[str, Any]:
-    """An event line (`requeued`, `resumed`, `stopped`, `early_stop`, `checkpoint`);
+    """An event line (`requeued`, `resumed`, `stopped`, `early_stop`, `checkpoint`, `stage`);
     `time` defaults to now (a requeue is written on resume, with the time it was asked for)."""
     line = EventLine.model_validate({"step": step, "time": time or _now(), "event": event,
                                      **fields})

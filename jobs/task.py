@@ -20,7 +20,7 @@ import torch
 
 from hcli.spec import Spec
 
-__all__ = ["Env", "Feed", "Task", "TrainState", "Fetch"]
+__all__ = ["Env", "Feed", "Task", "TaskEvent", "TrainState", "Fetch"]
 
 # `fetch(name)` returns the next batch of the named feed and records its sampler position.
 Fetch = Callable[[str], dict[str, Any]]
@@ -87,6 +87,21 @@ class TrainState:
         return value > best + min_delta if mode == "max" else value < best - min_delta
 
 
+@dataclass
+class TaskEvent:
+    """Something a task announces during training (a curriculum stage began). The engine, on
+    the main rank after the step: appends `event` with `fields` to metrics.jsonl (None: no line,
+    e.g. a stage re-entered on resume), sets `progress` in progress.json, prints `message` to
+    the log, and puts `tag` after the run id on the progress bar."""
+
+    step: int
+    event: str | None  # a name of hcli.contract.EventName
+    message: str
+    fields: dict[str, Any] = field(default_factory=dict)  # fields of hcli.contract.EventLine
+    progress: dict[str, Any] = field(default_factory=dict)  # fields of hcli.contract.Progress
+    tag: str | None = None
+
+
 class Task:
     """Base class of a job kind. Subclasses override what they need; the engine calls, in order:
 
@@ -139,6 +154,15 @@ class Task:
         """A multiplier on every group's learning rate for this optimizer step (a curriculum
         stage's); the schedule sets the rates afresh after each step, so it never compounds."""
         return 1.0
+
+    def emit(self, event: TaskEvent) -> None:
+        """Announce `event`; the engine writes it out after the current step."""
+        self.__dict__.setdefault("_events", []).append(event)
+
+    def pop_events(self) -> list[TaskEvent]:
+        """The events announced since the last call (the engine's)."""
+        events: list[TaskEvent] = self.__dict__.pop("_events", [])
+        return events
 
     def train_logs(self) -> dict[str, Any]:
         """Extra figures for the training line of metrics.jsonl (averaged since the last log)."""

@@ -124,6 +124,7 @@ def test_stage_lr_multiplier_scales_the_engines_optimizer_step(tmp_path) -> None
     engine = Engine.__new__(Engine)
     model = torch.nn.Linear(1, 1, bias=False)
     engine.spec, engine.task, engine.model, engine.ddp = spec, task, model, None
+    engine.train_spec = spec.train  # the section the loop runs with (the task may set it)
     engine.dist = SimpleNamespace(world_size=1)
     engine.optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     engine.scheduler = build_scheduler(engine.optimizer, spec.train)
@@ -138,3 +139,65 @@ def test_stage_lr_multiplier_scales_the_engines_optimizer_step(tmp_path) -> None
         assert before - model.weight.item() == pytest.approx(lr * mult)
         # The schedule set the next rate from its base: the multiplier never compounds.
         assert engine.optimizer.param_groups[0]["lr"] <= 1.0
+
+
+def test_collect_takes_stage_boundaries_from_the_stage_events(tmp_path) -> None:
+    from hcli.report import load_run
+    from tests.test_collect import make_run
+
+    t = "2026-11-24T10:00:00+00:00"
+    lines = [{"step": s, "time": t, "split": "train", "loss": 1.0, "stage": k}
+             for s, k in ((2, 0), (4, 0), (6, 1), (8, 1), (10, 2), (12, 2))]
+    lines += [{"step": s, "time": t, "event": "stage", "stage": k, "reason": r}
+              for s, k, r in ((0, "binary", "start"), (3, "coarse", "plateau"),
+                              (7, "fine", "schedule"), (7, "fine", "schedule"))]  # resumed
+    run = make_run(tmp_path, "multiclass-convnext-ev", miou=0.3, metrics=lines)
+    assert load_run(run).stage_steps == [3, 7]  # exact, not the logged steps 4 and 8
+
+
+def test_curriculum_state_keeps_each_stages_start() -> None:
+    spec = load_spec(None, overrides=[*CURRICULUM, "train.curriculum_plateau=1"])
+    cur = Curriculum.from_spec(spec.train)
+    assert cur is not None
+    cur.plateaued({"binary_miou": 0.5})
+    assert cur.plateaued({"binary_miou": 0.5})
+    cur.end_stage(2)
+    cur.advance(8)
+    assert cur.progress() == {"stage": "fine", "number": 3,
+                              "stages": ["binary", "coarse", "fine"], "began": [0, 2, 8]}
+    assert (cur.causes, cur.cause) == (["start", "plateau", "schedule"], "schedule")
+    back = Curriculum.from_spec(spec.train)
+    assert back is not None
+    back.load_state_dict(cur.state_dict())
+    assert back.progress() == cur.progress() and back.cause == "schedule"
+    # A checkpoint from before the history: the earlier starts from the stage ends.
+    old = {k: v for k, v in cur.state_dict().items() if k not in ("began", "causes")}
+    back = Curriculum.from_spec(spec.train)
+    assert back is not None
+    back.load_state_dict(old)
+    assert back.began == [0, 4, 8]
+
+
+@pytest.mark.slow
+def test_a_curriculum_run_announces_each_stage(synth_data, tmp_path) -> None:
+    """Stage events at the exact steps in metrics.jsonl, the stage in progress.json, a line in
+    the log, and the boundaries on the learning-curve figure's record."""
+    import json
+
+    from hcli.report import load_run
+    from tests.conftest import run_cli, tiny_overrides
+
+    runs = tmp_path / "runs"
+    done = run_cli(["submit", "multiclass", "--foreground", "--runs-dir", str(runs),
+                    *tiny_overrides(synth_data, "model.hierarchical=true",
+                                    "train.curriculum=[binary,coarse,fine]",
+                                    "train.curriculum_fractions=[0.25,0.25,0.5]")])
+    (run,) = [p for p in runs.iterdir() if not p.name.startswith(".")]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    events = [(x["step"], x["stage"], x["reason"]) for x in lines if x.get("event") == "stage"]
+    assert events == [(0, "binary", "start"), (3, "coarse", "schedule"), (6, "fine", "schedule")]
+    progress = json.loads((run / "progress.json").read_text())
+    assert progress["curriculum"] == {"stage": "fine", "number": 3,
+                                      "stages": ["binary", "coarse", "fine"], "began": [0, 3, 6]}
+    assert "step 3: curriculum stage coarse 2/3 begins (stage binary ended" in done.stdout
+    assert load_run(run).stage_steps == [3, 6]

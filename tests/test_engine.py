@@ -1,5 +1,6 @@
 """The engine's step on its own: accumulation under DDP's no_sync, the task's learning-rate scale,
-and the training state's round trip (the whole loop runs in tests/test_train.py)."""
+the training state's round trip, and the events a task announces (the whole loop runs in
+tests/test_train.py)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,40 @@ def test_train_state_round_trips_and_judges_improvement():
     assert back.improves(0.6, "max", 0.05) and not back.improves(0.52, "max", 0.05)
     assert back.improves(0.4, "min", 0.05) and not back.improves(0.47, "min", 0.05)
     assert TrainState().improves(float("-inf"), "max", 0.0)  # nothing to beat yet
+
+
+def test_task_events_reach_metrics_progress_and_the_log(tmp_path, capsys):
+    import json
+
+    from tqdm import tqdm
+
+    from jobs.progress import ProgressWriter
+    from jobs.task import TaskEvent
+
+    engine = _engine(1)
+    engine.ctx = SimpleNamespace(is_main=True, run=SimpleNamespace(run_id="r1"))
+    engine.progress = ProgressWriter(tmp_path, 10, tensorboard=False, interval=3600)
+    task = engine.task
+    stage = {"stage": "coarse", "number": 2, "stages": ["binary", "coarse", "fine"],
+             "began": [0, 3]}
+    task.emit(TaskEvent(3, "stage", "stage coarse begins", fields={"stage": "coarse",
+                                                                   "reason": "plateau"},
+                        progress={"curriculum": stage}, tag="coarse 2/3"))
+    task.emit(TaskEvent(3, None, "only a note", progress={"curriculum": stage}))
+    bar = tqdm(total=10, disable=True)
+    engine._task_events(bar)
+    assert task.pop_events() == []  # written once
+    engine.progress.close()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [{"step": 3, "time": lines[0]["time"], "event": "stage", "reason": "plateau",
+                      "stage": "coarse"}]
+    assert json.loads((tmp_path / "progress.json").read_text())["curriculum"] == stage
+    out = capsys.readouterr().out
+    assert "step 3: stage coarse begins" in out and "step 3: only a note" in out
+    assert bar.desc.startswith("r1 coarse 2/3")
+    # Off the main rank the events are dropped, not kept: nothing grows, nothing is written.
+    engine.ctx.is_main = False
+    task.emit(TaskEvent(4, "stage", "x"))
+    engine._task_events(bar)
+    assert task.pop_events() == []
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1

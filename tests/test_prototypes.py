@@ -1,5 +1,6 @@
 """Prototype attention: shapes per backbone, the loss, and an initialisation that sees training
-pixels only (and only once: a resumed run keeps its checkpoint's prototypes)."""
+pixels only (and only once: a resumed run keeps its checkpoint's prototypes), in multiclass and
+meta runs; meta and adapt runs carry the prototypes and their loss."""
 
 from __future__ import annotations
 
@@ -170,7 +171,7 @@ def test_resumed_run_does_not_reinitialise(synth_data, tmp_path, monkeypatch) ->
     import jobs.multiclass.task as mt
 
     calls = []
-    monkeypatch.setattr(mt, "init_prototypes_kmeans", lambda *a, **k: calls.append(1) or [])
+    monkeypatch.setattr(mt, "init_segmenter_prototypes", lambda *a, **k: calls.append(1) or [])
     task = _task(synth_data, tmp_path)
     task.build_feeds()
     task.on_start(task.build_model(), resumed=False)
@@ -181,3 +182,109 @@ def test_resumed_run_does_not_reinitialise(synth_data, tmp_path, monkeypatch) ->
     task.build_feeds()
     task.on_start(task.build_model(), resumed=True)
     assert calls == [1]
+
+
+# -- meta and adapt ----------------------------------------------------------------------------
+
+META = ("data.protocol=lomo", "data.fold=4", "model.attention=prototypes",
+        "model.prototypes.per_class=2", "model.prototypes.dim=8")
+
+
+def _meta_task(data: Path, run_dir: Path, *extra: str):
+    from jobs.meta.task import MetaTask
+
+    spec = load_spec(None, kind="meta", overrides=[*TINY, f"data.root={data}", *META, *extra])
+    env = Env(spec, torch.device("cpu"), 0, 1, run_dir, "test", contextlib.nullcontext)
+    return MetaTask(env)
+
+
+def test_meta_prototype_init_reads_training_domain_ids_only(synth_data, tmp_path,
+                                                            monkeypatch) -> None:
+    """The planted colour and class are in the held-out domain and the validation images; even
+    meta.train_on=all (transductive meta-training) keeps them out of the initialisation."""
+    import jobs.meta.task as mt
+    from hcli.data.manifest import load_manifest
+    from hcli.data.splits import get_fold
+
+    spec = _meta_task(synth_data, tmp_path).spec
+    fold = get_fold(load_manifest(spec.data.root), spec.data, spec.seed)
+    assert fold.held_out and fold.test
+    spy = _Spy(mt.build_eval_dataset, set(fold.test) | set(fold.val))
+    monkeypatch.setattr(mt, "build_eval_dataset", spy)
+    for extra in ((), ("meta.train_on=all", "meta.transductive=true")):
+        task = _meta_task(synth_data, tmp_path, *extra)
+        task.build_feeds()
+        spy.read.clear()
+        torch.manual_seed(0)
+        model = task.build_model()
+        task.on_start(model, resumed=False)
+        assert spy.read and set(spy.read) <= set(fold.train), extra
+        monkeypatch.setattr(mt, "build_eval_dataset", spy.real)
+        random_init = _meta_task(synth_data, tmp_path, *extra, "model.prototypes.init=random")
+        random_init.build_feeds()
+        torch.manual_seed(0)
+        base = random_init.build_model()
+        monkeypatch.setattr(mt, "build_eval_dataset", spy)
+        moved = (model.attention.prototypes - base.attention.prototypes).abs().sum(1) > 0
+        assert moved.any()
+        assert not moved[15 * 2:].any()  # the planted class's prototypes stayed random
+
+
+def test_meta_loss_carries_the_prototype_loss_in_inner_and_outer_steps(synth_data,
+                                                                        tmp_path) -> None:
+    task = _meta_task(synth_data, tmp_path, "meta.inner_steps=1")
+    task.build_feeds()
+    torch.manual_seed(0)
+    model = task.build_model()
+    assert "attention.prototypes" in task.learner.inner_names  # decoder side: adapted inner
+    seen = []
+    plain = task.criterion
+    task.criterion = lambda out, tgt: (seen.append(set(out)) or plain(out, tgt))  # type: ignore
+    feeds = task.build_feeds()
+    fetch = {name: iter(feed.loader) for name, feed in feeds.items()}
+    model.train()
+    loss = task.micro_step(lambda name: next(fetch[name]), model)
+    # One support step and the query: both forwards produced similarities for the extra term.
+    assert len(seen) == 2 and all("prototype_sims" in keys for keys in seen)
+    assert task.train_logs()["prototype_loss"] > 0
+    model.zero_grad()
+    loss.backward()
+    assert model.attention.prototypes.grad is not None
+    assert model.attention.prototypes.grad.abs().sum() > 0
+    heads_only = _meta_task(synth_data, tmp_path, "meta.inner_params=heads")
+    heads_only.build_feeds()
+    heads_only.build_model()
+    assert heads_only.learner.inner_names
+    assert not any(n.startswith("attention.") for n in heads_only.learner.inner_names)
+
+
+@pytest.mark.slow
+def test_meta_then_adapt_with_prototypes_keep_them_in_checkpoints(synth_data, tmp_path) -> None:
+    import json
+
+    from tests.conftest import run_cli, tiny_overrides
+
+    runs = tmp_path / "runs"
+    run_cli(["submit", "meta", "--foreground", "--runs-dir", str(runs),
+             *tiny_overrides(synth_data, *META, "meta.tasks_per_step=2", "meta.inner_steps=1",
+                             "train.steps=4", "train.val_every_steps=2")])
+    (meta,) = [p for p in runs.iterdir() if not p.name.startswith(".")]
+    assert json.loads((meta / "results.json").read_text())["kind"] == "meta"
+    src = torch.load(meta / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert src["attention.prototypes"].shape == (16 * 2, 8)
+    step_ckpts = sorted((meta / "checkpoints").glob("step-*.pt"))
+    assert step_ckpts
+    assert "attention.prototypes" in torch.load(step_ckpts[-1], weights_only=True)["model"]
+    logged = [json.loads(line) for line in (meta / "metrics.jsonl").read_text().splitlines()]
+    assert any((line.get("prototype_loss") or 0) > 0 for line in logged)
+    assert list((meta / "figures" / "prototypes").glob("*_attention.png"))
+
+    run_cli(["submit", "adapt", "--from", meta.name, "--foreground", "--runs-dir", str(runs),
+             "-o", "adapt.shots=2", "-o", "adapt.steps=2", "-o", "adapt.params=decoder"])
+    (adapt,) = [p for p in runs.iterdir() if not p.name.startswith(".") and p != meta]
+    res = json.loads((adapt / "results.json").read_text())
+    assert res["kind"] == "adapt" and res["params"] == "decoder" and res["final_step"] == 2
+    got = torch.load(adapt / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert not torch.equal(got["attention.prototypes"], src["attention.prototypes"])
+    encoder = [k for k in src if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(got[k], src[k]) for k in encoder)

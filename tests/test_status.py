@@ -184,3 +184,35 @@ def test_a_run_that_died_unrecorded_gets_a_reason(tmp_path, monkeypatch):
     assert "hcli logs gone --err" in rows["gone"]["reason"]
     assert rows["silent"]["state"] == "STALE"
     assert "no heartbeat for 60 min" in rows["silent"]["reason"]
+
+
+def test_status_shows_a_curriculum_runs_stage(tmp_path, monkeypatch):
+    """What the job writes (Curriculum.progress through the contract) is what status prints."""
+    from hcli import contract_keys
+    from hcli.cli._status_view import format_table
+    from hcli.contract import CurriculumProgress, Progress, dump
+    from hcli.spec import load_spec
+    from jobs.curriculum import Curriculum
+
+    assert list(contract_keys.CURRICULUM_KEYS) == list(CurriculumProgress.model_fields)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    spec = load_spec(None, overrides=["model.hierarchical=true", "train.steps=9",
+                                      "train.warmup_steps=1",
+                                      "train.curriculum=[binary,coarse,fine]"])
+    cur = Curriculum.from_spec(spec.train)
+    assert cur is not None
+    cur.advance(4)
+    for name, state in (("cur-running", "RUNNING"), ("cur-done", "COMPLETED"),
+                        ("plain", "RUNNING")):
+        _run(tmp_path, name, state, "foreground", 5)
+        if name != "plain":
+            path = tmp_path / name / "progress.json"
+            progress = Progress.model_validate({**json.loads(path.read_text()),
+                                                "curriculum": cur.progress()})
+            path.write_text(json.dumps(dump(progress)))
+    rows = {r["run_id"]: r for r in status_rows(tmp_path)}
+    assert rows["cur-running"]["stage"] == "coarse 2/3" and rows["plain"]["stage"] is None
+    table = format_table(list(rows.values()), tmp_path, color=False).splitlines()
+    line = {row.split()[0]: row for row in table[2:]}
+    assert "50/200 (25%) coarse 2/3" in line["cur-running"]
+    assert "coarse" not in line["cur-done"] and "coarse" not in line["plain"]

@@ -55,6 +55,8 @@ def cells(r: dict[str, Any]) -> list[str]:
     prog = "-"
     if r["step"] is not None and r["total_steps"]:
         prog = f"{r['step']}/{r['total_steps']} ({100 * r['progress']:.0f}%)"
+        if r.get("stage") and r["state"] != "COMPLETED":
+            prog += f" {r['stage']}"  # a curriculum run's stage: "coarse 2/3"
     metric = f"{r['latest_metric']:.3f}" if isinstance(r["latest_metric"], int | float) else "-"
     if r["kind"] == "mae" and metric != "-":
         metric = f"loss {metric}"

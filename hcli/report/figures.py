@@ -143,7 +143,8 @@ def confusion_figure(matrix: np.ndarray, title: str, stem: Path) -> list[Path]:
 
 
 def learning_curves(run: RunRecord, stem: Path) -> list[Path]:
-    """Training loss and validation mIoU against step; dashed lines where the job was requeued."""
+    """Training loss and validation mIoU against step; dashed lines where the job was requeued,
+    dotted ones where a curriculum stage began."""
     plt = _pyplot()
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=CURVES_SIZE, dpi=DPI)
     if run.train_curve:

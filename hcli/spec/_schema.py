@@ -418,6 +418,11 @@ class Spec(_Section):
         stages = t.curriculum
         if not stages:
             return
+        if self.kind not in ("multiclass", "adapt"):  # adapt keeps its source's, unused
+            raise ValueError(
+                f"train.curriculum is for multiclass runs; kind={self.kind} would ignore it: "
+                "drop train.curriculum"
+            )
         order = ("binary", "coarse", "fine")
         if list(stages) != sorted(set(stages), key=order.index) or stages[-1] != "fine":
             raise ValueError(

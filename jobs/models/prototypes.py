@@ -12,21 +12,27 @@ Segmentation: A Prototype View"; prototype memory as in Snell et al. 2017).
 
 Initialisation (`init_prototypes_kmeans`): spherical k-means over the embeddings of training
 pixels of each class, from the fold's training ids only (the caller passes them); a class with no
-training pixel keeps its random prototypes and the caller is told which.
+training pixel keeps its random prototypes and the caller is told which. The segmentation kinds
+(multiclass, meta, adapt) share `init_segmenter_prototypes` and `prototype_term`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hcli.classes import IGNORE_INDEX
+from hcli.classes import CLASS_NAMES, IGNORE_INDEX
 
-__all__ = ["PrototypeAttention", "prototype_loss", "init_prototypes_kmeans", "spherical_kmeans"]
+__all__ = ["PrototypeAttention", "init_prototypes_kmeans", "init_segmenter_prototypes",
+           "prototype_loss", "prototype_term", "spherical_kmeans"]
+
+# Training images whose pixels seed the k-means (a sample: it runs once, at step 0).
+INIT_IMAGES = 64
 
 
 class PrototypeAttention(nn.Module):
@@ -80,6 +86,18 @@ def prototype_loss(module: PrototypeAttention, sims: torch.Tensor,
     return F.cross_entropy(logits, small, ignore_index=IGNORE_INDEX)
 
 
+def prototype_term(attention: PrototypeAttention | None, outputs: dict[str, torch.Tensor],
+                   targets: Any) -> torch.Tensor | None:
+    """The auxiliary loss of a training forward's outputs, or None for a model without
+    prototypes. Reads only the module's shape (class and prototype counts), so it also serves
+    a functional call with other weights (the meta inner loop)."""
+    sims = outputs.get("prototype_sims")
+    if attention is None or sims is None:
+        return None
+    fine = targets["fine"] if isinstance(targets, dict) else targets
+    return prototype_loss(attention, sims, fine)
+
+
 def spherical_kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> torch.Tensor:
     """k unit centres of unit vectors x (n,d), n >= 1; centres repeat points when n < k."""
     idx = torch.randperm(x.shape[0], generator=gen)
@@ -130,6 +148,28 @@ def init_prototypes_kmeans(
         centres = spherical_kmeans(x, module.per_class, iters, gen)
         protos[c * module.per_class:(c + 1) * module.per_class] = centres.to(protos)
     return empty
+
+
+def init_segmenter_prototypes(model: Any, train_set: Any, size: int, device: torch.device,
+                              autocast: Callable[[], Any], seed: int) -> list[str]:
+    """k-means of a segmenter's prototypes over the decoder features of up to `INIT_IMAGES`
+    images of `train_set` (which the caller builds from training ids only). Warns about, and
+    returns, the classes that had no pixel there (their prototypes stay random)."""
+    assert model.attention is not None
+    was_training = model.training
+    model.to(device).eval()
+    gen = torch.Generator().manual_seed(seed)
+    samples = ((img.to(device), mask) for img, mask in
+               resized_samples(train_set, size, INIT_IMAGES, gen))
+    with autocast():
+        empty = init_prototypes_kmeans(
+            model.attention, lambda x: model.decoder(model.encoder(x)), samples, seed=seed)
+    model.train(was_training)
+    names = [CLASS_NAMES[c] for c in empty]
+    if names:
+        warnings.warn(f"prototypes of {names} stay random: no training pixel of theirs in this "
+                      "fold", stacklevel=2)
+    return names
 
 
 def resized_samples(dataset: Any, size: int, max_images: int,
