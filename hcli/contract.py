@@ -25,7 +25,6 @@ __all__ = [
     "AttemptCompute",
     "Compute",
     "CurriculumProgress",
-    "CurriculumProgress",
     "DataRead",
     "EventLine",
     "Hardware",
