@@ -153,16 +153,6 @@ class State(_Model):
 # -- progress.json and metrics.jsonl -----------------------------------------------------------
 
 
-class CurriculumProgress(_Model):
-    """Where a curriculum run (train.curriculum) stands: its stage, that stage's number (from 1)
-    among `stages`, and the step each stage so far began at."""
-
-    stage: str
-    number: int
-    stages: list[str]
-    began: list[int]
-
-
 class Progress(_Model):
     """progress.json; a kind may add numbers of its own (e.g. `best_val_loss`) beside these."""
 
@@ -175,7 +165,6 @@ class Progress(_Model):
     latest: dict[str, float | None] = Field(default_factory=dict)
     best_val_miou: float | None = None
     best_step: int | None = None
-    curriculum: CurriculumProgress | None = None
 
 
 class TrainLine(_Model):
@@ -204,18 +193,17 @@ class ValLine(_Model):
     per_class_iou: dict[str, float | None] = Field(default_factory=dict)
 
 
-EventName = Literal["requeued", "resumed", "stopped", "early_stop", "checkpoint", "stage"]
+EventName = Literal["requeued", "resumed", "stopped", "early_stop", "checkpoint"]
 
 
 class EventLine(_Model):
     step: int
     time: str
     event: EventName
-    reason: str | None = None  # requeued, stopped: the signal; stage: start, schedule, plateau
+    reason: str | None = None  # requeued, stopped: the signal
     checkpoint: str | None = None  # resumed, checkpoint: the file
     best_step: int | None = None  # early_stop
     job_id: str | None = None  # requeued
-    stage: str | None = None  # stage: the curriculum stage that begins at `step`
 
 
 MetricsLine = TrainLine | ValLine | EventLine
@@ -316,6 +304,12 @@ class MulticlassResults(Results):
     confusion_normalization: str | None = None
     rare_classes: list[str] = Field(default_factory=list)
     baseline_all_clean_miou: float | None = None
+    # The score is not a held-out score: this fold's test images were seen before it, allowed
+    # loudly (meta.train_on=all, or model.init_allow_test_overlap over init_transductive).
+    transductive: bool = False
+    # The run of the model.init_from chain that trained on this run's test images (e.g. an MAE
+    # run with mae.images=all), from provenance.json; None when none did.
+    init_transductive: str | None = None
     val: ValSummary = Field(default_factory=ValSummary)
     compute: Compute = Field(default_factory=Compute)
     samples: list[str] = Field(default_factory=list)
@@ -378,7 +372,9 @@ class AdaptResults(MulticlassResults):
     source_kind: str | None = None  # multiclass (ERM) or meta: the approach being compared
     source_val_miou: float | None = None  # the source's in-domain (training-domain) best val
     source_test_miou: float | None = None  # the source's own score on the whole held-out domain
-    source_transductive: bool = False  # the source saw the held-out domain (meta.transductive)
+    # The source, or a run of its init chain, saw the held-out domain (meta.transductive, or
+    # init_transductive names the run, e.g. an MAE run with mae.images=all).
+    source_transductive: bool = False
     shots: int = 0
     adapt_steps: int = 0
     adapt_lr: float | None = None
@@ -407,7 +403,7 @@ class MetaSummary(_Model):
 class MetaResults(MulticlassResults):
     """A meta run: the multiclass figures are the zero-shot ones on the held-out domain."""
 
-    transductive: bool = False  # the held-out domain was in meta-training (meta.train_on=all)
+    # transductive (MulticlassResults): also when the held-out domain was in meta-training.
     in_domain_miou: float | None = None  # the same weights on the training domains' val images
     meta: MetaSummary | None = None
 

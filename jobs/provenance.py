@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PROVENANCE",
     "check_init_leakage",
+    "init_saw_test",
     "read_ids",
     "read_provenance",
     "record_end",
@@ -176,6 +177,22 @@ def record_end(run: Run, **extra: Any) -> Provenance:
     prov.end.update(extra)
     atomic_write_json(run.path / PROVENANCE, dump(prov))
     return prov
+
+
+def init_saw_test(run: Run) -> str | None:
+    """The first run of `run`'s model.init_from chain that trained or validated on `run`'s
+    test images, from `run`'s own provenance.json (the lists it copied from its sources against
+    its test list); None when none did or the run records no test list. Such a chain got past
+    `check_init_leakage` only by model.init_allow_test_overlap (or is an adaptation's source):
+    results.json says so (`transductive`, `init_transductive`)."""
+    prov = read_provenance(run)
+    if prov is None or "test" not in prov.samples:
+        return None
+    test = read_ids(run.path, prov.samples["test"])
+    for seen in prov.seen:
+        if seen.run_id != run.run_id and read_ids(run.path, seen) & test:
+            return seen.run_id
+    return None
 
 
 def check_init_leakage(

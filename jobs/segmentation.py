@@ -14,7 +14,8 @@ from jobs.losses import SegLoss
 from jobs.models import build_segmenter
 from jobs.models.segmenter import Segmenter
 
-__all__ = ["build_criterion", "build_model_and_init", "test_results", "to_device"]
+__all__ = ["build_criterion", "build_model_and_init", "init_transductive", "test_results",
+           "to_device", "transductive_line"]
 
 
 def build_criterion(spec: Spec, weights: Any, device: torch.device) -> SegLoss:
@@ -66,3 +67,23 @@ def test_results(spec: Spec, fold: Any, metrics: dict[str, Any], samples: Any,
         "samples": samples,
         "class_names": list(metrics["per_class_iou"]),
     }
+
+
+def init_transductive(run_dir: Path) -> dict[str, Any]:
+    """results.json's `transductive` and `init_transductive`: whether a run of the
+    model.init_from chain saw this run's test images (an MAE run with mae.images=all, under
+    model.init_allow_test_overlap), naming it; read from the run's provenance.json."""
+    from hcli.runs import Run
+    from jobs.provenance import init_saw_test
+
+    via = init_saw_test(Run(run_dir))
+    return {"transductive": via is not None, "init_transductive": via}
+
+
+def transductive_line(results: dict[str, Any]) -> str | None:
+    """The log's loud line for a score whose test images an init_from source trained on."""
+    via = results.get("init_transductive")
+    if via is None:
+        return None
+    return (f"TRANSDUCTIVE: run {via} of the model.init_from chain trained on this run's test "
+            "images (model.init_allow_test_overlap); the score is not a held-out score")

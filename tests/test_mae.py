@@ -288,6 +288,87 @@ def test_overlap_refused_at_submit_and_override_recorded(transductive_run: Path,
     assert identity_changes(spec)["model.init_allow_test_overlap"] is True  # in the run id
 
 
+# -- the transductive flag downstream ------------------------------------------------------------
+
+# Leave-one-material-out fold 4 (Paper, 19 held-out images): the chain ends in an adaptation.
+LOMO = ("data.protocol=lomo", "data.fold=4")
+
+
+def _submit(runs: Path, kind: str, *args: str) -> tuple[Path, str]:
+    """One foreground run: its folder and what it printed."""
+    before = {p.name for p in runs.iterdir()} if runs.exists() else set()
+    done = run_cli(["submit", kind, "--foreground", "--runs-dir", str(runs), *args])
+    (new,) = [p for p in runs.iterdir() if p.name not in before and not p.name.startswith(".")]
+    return new, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def transductive_chain(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """MAE on every image (mae.images=all) -> multiclass from it (overlap allowed) -> a 3-shot
+    adaptation of that; beside it a multiclass run from an MAE run that kept to the fold."""
+    runs = tmp_path_factory.mktemp("chain") / "runs"
+
+    def tiny(*extra: str) -> list[str]:
+        return tiny_overrides(synth_data, *LOMO, "train.steps=3", "train.val_every_steps=3",
+                              *extra)
+
+    mae_all, _ = _submit(runs, "mae", *tiny(*MAE_TINY, "mae.images=all"))
+    mae_train, _ = _submit(runs, "mae", *tiny(*MAE_TINY))
+    tuned, log = _submit(runs, "multiclass", *tiny(f"model.init_from={mae_all.name}",
+                                                   "model.init_allow_test_overlap=true"))
+    clean, clean_log = _submit(runs, "multiclass", *tiny(f"model.init_from={mae_train.name}"))
+    adapted, _ = _submit(runs, "adapt", "--from", tuned.name, "-o", "adapt.shots=3",
+                         "-o", "adapt.steps=2")
+    report = runs.parent / "report"
+    run_cli(["collect", "--runs-dir", str(runs), "--out", str(report), "--format", "json",
+             "--no-figures"])
+    return {"mae_all": mae_all, "mae_train": mae_train, "tuned": tuned, "clean": clean,
+            "adapted": adapted, "report": report, "log": log, "clean_log": clean_log}
+
+
+def _results(run: Path) -> dict:
+    return json.loads((run / "results.json").read_text())
+
+
+def _rows(report: Path, table: str) -> list[dict]:
+    tables = json.loads((report / "report.json").read_text())["tables"]
+    (rows,) = [t["rows"] for t in tables if t["name"] == table]
+    return rows
+
+
+def test_fine_tuning_from_a_transductive_mae_run_says_so_in_its_results(transductive_chain):
+    c = transductive_chain
+    assert _results(c["mae_all"])["transductive"] is True
+    tuned = _results(c["tuned"])
+    assert tuned["transductive"] is True and tuned["init_transductive"] == c["mae_all"].name
+    # An MAE run that kept to the fold's training images passes nothing on.
+    clean = _results(c["clean"])
+    assert clean["transductive"] is False and clean["init_transductive"] is None
+    assert f"TRANSDUCTIVE: run {c['mae_all'].name}" in c["log"]  # and the log says it loudly
+    assert "TRANSDUCTIVE" not in c["clean_log"]
+
+
+def test_adaptation_of_such_a_run_carries_the_flag(transductive_chain):
+    c = transductive_chain
+    res = _results(c["adapted"])
+    # The MAE run two steps up the chain trained on the query images too.
+    assert res["transductive"] is True and res["init_transductive"] == c["mae_all"].name
+    assert res["source_transductive"] is True and res["source_run"] == c["tuned"].name
+
+
+def test_collect_marks_the_transductive_rows(transductive_chain):
+    c = transductive_chain
+    rows = {r["run_id"]: r for r in _rows(c["report"], "runs")}
+    assert rows[c["tuned"].name]["transductive"] == f"init {c['mae_all'].name}"
+    assert rows[c["adapted"].name]["transductive"] == f"init {c['mae_all'].name}"
+    assert rows[c["mae_all"].name]["transductive"] == "mae.images=all"
+    assert rows[c["clean"].name]["transductive"] is None
+    assert rows[c["mae_train"].name]["transductive"] is None
+    starts = {r["start"] for r in _rows(c["report"], "init_ablation")}
+    assert starts == {"MAE", "MAE (transductive)"}
+    assert {r["approach"] for r in _rows(c["report"], "adaptation")} == {"ERM (transductive)"}
+
+
 # -- learning --------------------------------------------------------------------------------
 
 

@@ -106,14 +106,17 @@ class RunRecord:
     restarts: int = 0
     requeue_steps: list[int] = field(default_factory=list)
     train_curve: list[tuple[int, float]] = field(default_factory=list)
-    # Where each later curriculum stage began: its `stage` event's step; for runs without them,
-    # to the logging interval (the last logged step of the stage before; train lines carry it).
+    # Where each later curriculum stage began, to the logging interval: the last logged step of
+    # the stage before (train lines carry `stage`).
     stage_steps: list[int] = field(default_factory=list)
     val_curve: list[tuple[int, float]] = field(default_factory=list)
     samples: list[tuple[str, Path, Path, Path]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     # An adaptation run's source_run, source_kind, shots, source_val_miou, source_transductive.
     adapt: dict[str, Any] | None = None
+    # Why the run saw its fold's test images before scoring, when its results say it did:
+    # its own spec (mae.images=all, meta.train_on=all) or "init <run>" (init_transductive).
+    transductive: str | None = None
 
     @property
     def in_progress(self) -> bool:
@@ -150,7 +153,7 @@ class RunRecord:
             "node_hours_source": self.node_hours_source, "gpu_hours": self.gpu_hours,
             "wall_s": self.wall_s, "restarts": self.restarts,
             "requeue_steps": self.requeue_steps, "warnings": self.warnings,
-            "adapt": self.adapt,
+            "adapt": self.adapt, "transductive": self.transductive,
         }
 
 
@@ -364,12 +367,9 @@ def load_run(folder: Path) -> RunRecord:
     train = _last_per_step(lines, TrainLine)
     val = _last_per_step(lines, ValLine)
     rec.train_curve = [(x.step, x.loss) for x in train if x.loss is not None]
-    # Exact from the `stage` events; runs logged before them: from the train lines' stage.
-    began = {x.step for x in lines if isinstance(x, EventLine) and x.event == "stage" and x.step}
     stages = [(x.step, (x.model_extra or {}).get("stage")) for x in train]
-    rec.stage_steps = sorted(began) or [
-        step for (_, k), (step, before) in zip(stages[1:], stages, strict=False)
-        if k is not None and k != before]
+    rec.stage_steps = [step for (_, k), (step, before) in zip(stages[1:], stages, strict=False)
+                       if k is not None and k != before]
     rec.val_curve = [(x.step, x.miou) for x in val if x.miou is not None]
 
     if rec.val_curve:
@@ -395,6 +395,12 @@ def load_run(folder: Path) -> RunRecord:
 
     if results is not None:
         rec.source = "test"
+    if getattr(results, "transductive", False):
+        via = getattr(results, "init_transductive", None)
+        own = {"mae": "mae.images=all", "meta": "meta.train_on=all"}.get(rec.kind)
+        if own == "meta.train_on=all" and flat.get("meta.train_on") != "all":
+            own = None
+        rec.transductive = own or f"init {via}"
     if isinstance(results, AdaptResults):
         rec.adapt = {k: getattr(results, k) for k in (
             "source_run", "source_kind", "shots", "source_val_miou", "source_test_miou",

@@ -4,7 +4,8 @@ and fine-tuning runs compared by where their encoder started (MAE, ImageNet, scr
 A pretraining run's figures are its results.json (hcli.contract.MaeResults), read here through
 the one JSON reader; a fine-tuning run's start is read from its resolved spec
 (`model.init_from`, `model.pretrained`) and, for an MAE start, whether that source saw the fold's
-test images (its results' `transductive`), so a transductive start is never shown unmarked.
+test images (the run's own results' `transductive` / `init_transductive`, else the source's
+`transductive`), so a transductive start is never shown unmarked.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ def init_source(r: RunRecord, by_id: dict[str, RunRecord]) -> str:
         if source is None or source.kind != "mae":
             return "checkpoint"
         res = _mae_results(source.path) or {}
-        return "MAE (transductive)" if res.get("transductive") else "MAE"
+        # The run's own results say whether its chain saw its test images (any fold); the
+        # source's flag covers runs written before results carried it.
+        saw = r.transductive is not None or res.get("transductive")
+        return "MAE (transductive)" if saw else "MAE"
     pretrained = r.flat.get("model.pretrained")
     return "ImageNet" if pretrained not in (None, False, "false", "False") else "scratch"
 

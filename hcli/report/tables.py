@@ -203,7 +203,7 @@ def runs_table(records: list[RunRecord]) -> Table:
             "best_val_miou": r.best_val_miou, "last_val_miou": r.last_val_miou,
             "source": {"test": "test", "val": "last val"}.get(r.source or ""),
             "miou": r.miou, "binary_miou": r.binary_miou, "rare_miou": r.rare_miou,
-            "node_hours": r.node_hours, "restarts": r.restarts,
+            "node_hours": r.node_hours, "restarts": r.restarts, "transductive": r.transductive,
         })
     note = (
         "IoU in %. `from`: test = results.json; last val = the run has no results yet and its "
@@ -211,6 +211,11 @@ def runs_table(records: list[RunRecord]) -> Table:
         "included), from results.json, else from the executions state.json records, else "
         "from log timestamps (a lower bound)."
     )
+    if any(r.transductive for r in records):
+        # Loud only where it applies: the column exists when a run saw its test images.
+        cols.insert(cols.index(Column("source", "from")) + 1, Column("transductive", "saw test"))
+        note += (" saw test: the run, or the run of its model.init_from chain named, saw this "
+                 "fold's test images before its score (transductive; not a held-out score).")
     return Table("runs", "Runs", cols, rows, note)
 
 

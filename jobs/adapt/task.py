@@ -35,9 +35,8 @@ from jobs.data import build_eval_dataset, build_train_loader
 from jobs.engine import run_task
 from jobs.hierarchy import fine_to_coarse_lut
 from jobs.models import build_segmenter
-from jobs.models.prototypes import prototype_term
 from jobs.multiclass.evaluate import evaluate, save_samples
-from jobs.segmentation import build_criterion, to_device
+from jobs.segmentation import build_criterion, init_transductive, to_device
 from jobs.task import Env, Feed, Fetch, Task, TrainState
 
 __all__ = ["AdaptTask", "adapted_parameters", "run"]
@@ -130,7 +129,6 @@ class AdaptTask(Task):
         adapted = set(adapted_parameters(model, self.params))
         for name, p in model.named_parameters():
             p.requires_grad_(name in adapted)
-        self.model = model
         # Frozen parts keep the source's normalisation statistics (eval mode in every step).
         self.frozen = [m for m in (model.encoder, model.decoder)
                        if not any(p.requires_grad for p in m.parameters())]
@@ -153,11 +151,6 @@ class AdaptTask(Task):
         with self.env.autocast():
             outputs = forward(images)
         loss, _ = self.criterion(outputs, targets)
-        # A source with prototype attention adapts with its auxiliary loss too, as the meta
-        # inner loop rehearsed it (the prototypes adapt with `decoder` and `all`, not `heads`).
-        extra = prototype_term(getattr(self.model, "attention", None), outputs, targets)
-        if extra is not None:
-            loss = loss + self.spec.model.prototypes.loss_weight * extra
         return loss
 
     def _evaluate(self, model: torch.nn.Module, dataset: Any, **kw: Any) -> dict[str, Any]:
@@ -174,6 +167,7 @@ class AdaptTask(Task):
                                self.env.run_dir / "figures" / "samples", self.env.device,
                                self.env.autocast, self.spec.train.overlays)
         a, src = self.spec.adapt, self.source.results() or {}
+        init = init_transductive(self.env.run_dir)  # a chain run (meta, MAE) saw the query
         return {
             "split": "held-out query (support excluded)",
             "protocol": self.spec.data.protocol,
@@ -189,7 +183,9 @@ class AdaptTask(Task):
             "source_kind": self.source_spec.kind,
             "source_val_miou": (src.get("val") or {}).get("best_miou"),
             "source_test_miou": src.get("miou"),
-            "source_transductive": bool(getattr(self.source_spec.meta, "transductive", False)),
+            "source_transductive": bool(getattr(self.source_spec.meta, "transductive", False))
+            or init["transductive"],
+            **init,
             "shots": a.shots,
             "adapt_steps": self.spec.train.steps,
             "adapt_lr": a.lr,

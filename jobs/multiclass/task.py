@@ -10,6 +10,7 @@ training pixels; a curriculum (train.curriculum) sets which heads carry loss at 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -24,8 +25,9 @@ from jobs.data import build_eval_dataset, build_train_loader
 from jobs.engine import run_task
 from jobs.hierarchy import fine_to_coarse_lut
 from jobs.models.prototypes import (
-    init_segmenter_prototypes,
-    prototype_term,
+    init_prototypes_kmeans,
+    prototype_loss,
+    resized_samples,
     save_attention_figures,
 )
 from jobs.models.segmenter import Segmenter
@@ -33,10 +35,12 @@ from jobs.multiclass.evaluate import evaluate, save_samples
 from jobs.segmentation import (
     build_criterion,
     build_model_and_init,
+    init_transductive,
     test_results,
     to_device,
+    transductive_line,
 )
-from jobs.task import Feed, Fetch, Task, TaskEvent, TrainState
+from jobs.task import Feed, Fetch, Task, TrainState
 
 __all__ = ["MulticlassTask", "run"]
 
@@ -53,6 +57,8 @@ _TEST_KEYS = (
     "pixel_accuracy",
     "per_coarse_iou",
 )
+# Training images whose pixels seed the prototypes' k-means (a sample: it runs once, at step 0).
+_PROTOTYPE_INIT_IMAGES = 64
 
 
 class MulticlassTask(Task):
@@ -104,9 +110,21 @@ class MulticlassTask(Task):
 
     def _init_prototypes(self, model: Segmenter) -> None:
         """k-means over the fold's training pixels (the fold's training ids only)."""
+        device, crop = self.env.device, self.spec.data.crop_size
+        model.to(device).eval()
+        gen = torch.Generator().manual_seed(self.spec.seed)
         train_set = build_eval_dataset(self.spec, self.manifest, self.fold.train)
-        init_segmenter_prototypes(model, train_set, self.spec.data.crop_size, self.env.device,
-                                  self.env.autocast, self.spec.seed)
+        samples = ((img.to(device), mask) for img, mask in
+                   resized_samples(train_set, crop, _PROTOTYPE_INIT_IMAGES, gen))
+        assert model.attention is not None
+        with self.env.autocast():
+            empty = init_prototypes_kmeans(
+                model.attention, lambda x: model.decoder(model.encoder(x)), samples,
+                seed=self.spec.seed)
+        model.train()
+        if empty:
+            warnings.warn(f"prototypes of {[CLASS_NAMES[c] for c in empty]} stay random: no "
+                          "training pixel of theirs in this fold", stacklevel=1)
 
     def _check_curriculum(self) -> None:
         from hcli.errors import UserError
@@ -132,19 +150,10 @@ class MulticlassTask(Task):
             return
         for p in self.model.encoder.parameters():
             p.requires_grad_(not cur.encoder_frozen)
-        # A stage that begins at this step is an event; one re-entered on resume only sets
-        # progress.json and the log.
-        begins = cur.start_step == step
-        why = {"schedule": ": its share of train.steps is done",
-               "plateau": ": its validation figure stopped improving"}.get(cur.cause, "")
-        before = f" (stage {cur.stages[cur.index - 1]} ended{why})" if cur.index else ""
-        where = f"{cur.stage} {cur.index + 1}/{len(cur.stages)}"
-        message = (f"curriculum stage {where} {'begins' if begins else 'resumed'}{before}; "
-                   f"heads {cur.head_weights(self.spec.loss)}, lr x{cur.lr_mult}"
-                   f"{', encoder frozen' if cur.encoder_frozen else ''}")
-        self.emit(TaskEvent(step, "stage" if begins else None, message,
-                            fields={"stage": cur.stage, "reason": cur.cause},
-                            progress={"curriculum": cur.progress()}, tag=where))
+        if self.env.is_main:
+            print(f"curriculum: step {step}: stage {cur.index} ({cur.stage}) of "
+                  f"{list(cur.stages)}, heads {cur.head_weights(self.spec.loss)}, lr x"
+                  f"{cur.lr_mult}{', encoder frozen' if cur.encoder_frozen else ''}", flush=True)
         self._stage_applied = cur.index
 
     def provenance(self) -> dict[str, Any]:
@@ -162,8 +171,10 @@ class MulticlassTask(Task):
             outputs = forward(images)
         weights = None if self.curriculum is None else self.curriculum.head_weights(self.spec.loss)
         loss, _ = self.criterion(outputs, targets, weights)
-        extra = prototype_term(self.model.attention, outputs, targets)
-        if extra is not None:
+        if "prototype_sims" in outputs:
+            fine = targets["fine"] if isinstance(targets, dict) else targets
+            assert self.model.attention is not None
+            extra = prototype_loss(self.model.attention, outputs["prototype_sims"], fine)
             self._proto_loss.append(extra.detach())
             loss = loss + self.spec.model.prototypes.loss_weight * extra
         return loss
@@ -195,7 +206,10 @@ class MulticlassTask(Task):
         m = self._evaluate(model, self.val_set)
         cur = self.curriculum
         if cur is not None and cur.plateaued(m):
-            cur.end_stage(self.micro // self.spec.train.accum_steps)  # announced as it begins
+            step = self.micro // self.spec.train.accum_steps
+            print(f"curriculum: step {step}: stage {cur.stage} stopped improving its "
+                  f"validation figure; next stage", flush=True)
+            cur.end_stage(step)
         return {"miou": m["miou"] or 0.0,
                 **{k: m[k] for k in ("binary_miou", "coarse_miou", "rare_miou", "per_class_iou")}}
 
@@ -210,10 +224,13 @@ class MulticlassTask(Task):
                                    self.spec.train.overlays, list(CLASS_NAMES))
         return {
             **test_results(self.spec, self.fold, metrics, samples, _TEST_KEYS),
+            **init_transductive(self.env.run_dir),
         }
 
     def report(self, results: dict[str, Any]) -> None:
-        lines = [
+        loud = transductive_line(results)
+        lines = [] if loud is None else [loud]
+        lines += [
             f"test mIoU {results['miou']:.4f} ({results['checkpoint']} checkpoint, step "
             f"{results['step']}); predicting Clean everywhere: "
             f"{results['baseline_all_clean_miou']:.4f}",
