@@ -271,9 +271,12 @@ def _floors(root: Path, reps: int) -> dict[str, float]:
     (page cache warm, as for the warm-index call): listing the root, reading and decoding the
     index, and the stats of the signature; beside them the unsound one-stat-per-folder signal."""
     from hcli.scan import INDEX, WATCHED, run_folders, scan_rows
+    from hcli.status import status_rows
 
     names = run_folders(root)
     index = root / INDEX
+    rows = status_rows(root, query_scheduler=False)
+    encode = json.JSONEncoder(default=str).encode
     base = str(root)
 
     def stats(files: tuple[str, ...]) -> None:
@@ -294,6 +297,7 @@ def _floors(root: Path, reps: int) -> dict[str, float]:
         "stat of 3 files (3/run, as before)": _best_ms(
             lambda: stats((*WATCHED, "results.json")), reps),
         "scan_rows, warm index (all of it)": _best_ms(lambda: scan_rows(root), reps),
+        "--json's output: encode every row": _best_ms(lambda: [encode(r) for r in rows], reps),
     }
 
 
@@ -332,8 +336,9 @@ def main() -> None:
     ap.add_argument("--slurm-env", type=Path, default=Path("/tmp/hcli-slurm/env.sh"))
     ap.add_argument("--skip-slurm", action="store_true", help="Only the timings without SLURM.")
     ap.add_argument("--baseline-tree", type=Path, default=None,
-                    help="Another checkout of hcli (e.g. `git worktree add /tmp/hcli-old "
-                    "HEAD~1`), timed interleaved with this one through PYTHONPATH.")
+                    help="Another tree holding hcli/ (e.g. `mkdir /tmp/old && git archive "
+                    "HEAD~1 hcli | tar -x -C /tmp/old`), timed interleaved with this one "
+                    "through PYTHONPATH, over its own copy of the runs.")
     ap.add_argument("--collect", action="store_true",
                     help="Also time `hcli collect --no-figures` over every run (once).")
     args = ap.parse_args()
@@ -363,9 +368,18 @@ def main() -> None:
                 "hcli status, no index": status}
         envs = {}
         if args.baseline_tree is not None:
-            old = dict(no_slurm, PYTHONPATH=str(args.baseline_tree.resolve()))
+            # A copy of the runs for the baseline: two index versions in one runs root would
+            # rebuild each other's index at every call, and both would be timed cold.
+            tree = args.baseline_tree.resolve()
+            subprocess.run([sys.executable, "-m", "compileall", "-q", "hcli"], cwd=tree,
+                           check=True, stdout=subprocess.DEVNULL)
+            old_root = Path(tmp) / "runs-baseline"
+            shutil.copytree(root, old_root, ignore=shutil.ignore_patterns(".cache"))
+            old = dict(no_slurm, PYTHONPATH=str(tree))
+            old_status = [*hcli, "status", "--runs-dir", str(old_root)]
+            subprocess.run(old_status, env=old, check=True, stdout=subprocess.DEVNULL)
             for name, extra in (("status", ()), ("status --json", ("--json",))):
-                cmds[f"baseline: hcli {name}"] = [*status, *extra]
+                cmds[f"baseline: hcli {name}"] = [*old_status, *extra]
                 envs[f"baseline: hcli {name}"] = old
         before = {"hcli status, no index": lambda: index.unlink(missing_ok=True)}
         timed = _time_interleaved_prepared(cmds, args.reps, no_slurm, envs, before)
@@ -379,10 +393,12 @@ def main() -> None:
         lines += [f"  {name:<42} {ms:7.1f} ms" for name, ms in floors.items()]
         sig = next(ms for name, ms in floors.items() if name.startswith("stat state.json"))
         floor = timed["python + status imports"].median * 1e3 + sig + floors["decode the index"]
-        for name in ("hcli status", "hcli status --json"):
+        for name, extra in (("hcli status", 0.0),
+                            ("hcli status --json", floors["--json's output: encode every row"])):
             lines.append(f"  {name:<26} median {timed[name].median * 1e3:.0f} ms = "
-                         f"{timed[name].median * 1e3 / floor:.1f}x the floor {floor:.0f} ms "
-                         "(python + status imports + the signature's stats + decoding the index)")
+                         f"{timed[name].median * 1e3 / (floor + extra):.1f}x the floor "
+                         f"{floor + extra:.0f} ms (python + status imports + the signature's "
+                         "stats + decoding the index" + (" + encoding the rows)" if extra else ")"))
         lines.append(f"  load average: {Path('/proc/loadavg').read_text().strip()}"
                      if Path("/proc/loadavg").exists() else "")
         print("\n".join(lines), flush=True)  # collect takes a while: show these first
