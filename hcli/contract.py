@@ -153,6 +153,16 @@ class State(_Model):
 # -- progress.json and metrics.jsonl -----------------------------------------------------------
 
 
+class CurriculumProgress(_Model):
+    """Where a curriculum run (train.curriculum) stands: its stage, that stage's number (from 1)
+    among `stages`, and the step each stage so far began at."""
+
+    stage: str
+    number: int
+    stages: list[str]
+    began: list[int]
+
+
 class Progress(_Model):
     """progress.json; a kind may add numbers of its own (e.g. `best_val_loss`) beside these."""
 
@@ -165,6 +175,7 @@ class Progress(_Model):
     latest: dict[str, float | None] = Field(default_factory=dict)
     best_val_miou: float | None = None
     best_step: int | None = None
+    curriculum: CurriculumProgress | None = None
 
 
 class TrainLine(_Model):
@@ -193,17 +204,18 @@ class ValLine(_Model):
     per_class_iou: dict[str, float | None] = Field(default_factory=dict)
 
 
-EventName = Literal["requeued", "resumed", "stopped", "early_stop", "checkpoint"]
+EventName = Literal["requeued", "resumed", "stopped", "early_stop", "checkpoint", "stage"]
 
 
 class EventLine(_Model):
     step: int
     time: str
     event: EventName
-    reason: str | None = None  # requeued, stopped: the signal
+    reason: str | None = None  # requeued, stopped: the signal; stage: start, schedule, plateau
     checkpoint: str | None = None  # resumed, checkpoint: the file
     best_step: int | None = None  # early_stop
     job_id: str | None = None  # requeued
+    stage: str | None = None  # stage: the curriculum stage that begins at `step`
 
 
 MetricsLine = TrainLine | ValLine | EventLine

@@ -106,8 +106,8 @@ class RunRecord:
     restarts: int = 0
     requeue_steps: list[int] = field(default_factory=list)
     train_curve: list[tuple[int, float]] = field(default_factory=list)
-    # Where each later curriculum stage began, to the logging interval: the last logged step of
-    # the stage before (train lines carry `stage`).
+    # Where each later curriculum stage began: its `stage` event's step; for runs without them,
+    # to the logging interval (the last logged step of the stage before; train lines carry it).
     stage_steps: list[int] = field(default_factory=list)
     val_curve: list[tuple[int, float]] = field(default_factory=list)
     samples: list[tuple[str, Path, Path, Path]] = field(default_factory=list)
@@ -367,9 +367,12 @@ def load_run(folder: Path) -> RunRecord:
     train = _last_per_step(lines, TrainLine)
     val = _last_per_step(lines, ValLine)
     rec.train_curve = [(x.step, x.loss) for x in train if x.loss is not None]
+    # Exact from the `stage` events; runs logged before them: from the train lines' stage.
+    began = {x.step for x in lines if isinstance(x, EventLine) and x.event == "stage" and x.step}
     stages = [(x.step, (x.model_extra or {}).get("stage")) for x in train]
-    rec.stage_steps = [step for (_, k), (step, before) in zip(stages[1:], stages, strict=False)
-                       if k is not None and k != before]
+    rec.stage_steps = sorted(began) or [
+        step for (_, k), (step, before) in zip(stages[1:], stages, strict=False)
+        if k is not None and k != before]
     rec.val_curve = [(x.step, x.miou) for x in val if x.miou is not None]
 
     if rec.val_curve:

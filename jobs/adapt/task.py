@@ -35,6 +35,7 @@ from jobs.data import build_eval_dataset, build_train_loader
 from jobs.engine import run_task
 from jobs.hierarchy import fine_to_coarse_lut
 from jobs.models import build_segmenter
+from jobs.models.prototypes import prototype_term
 from jobs.multiclass.evaluate import evaluate, save_samples
 from jobs.segmentation import build_criterion, init_transductive, to_device
 from jobs.task import Env, Feed, Fetch, Task, TrainState
@@ -129,6 +130,7 @@ class AdaptTask(Task):
         adapted = set(adapted_parameters(model, self.params))
         for name, p in model.named_parameters():
             p.requires_grad_(name in adapted)
+        self.model = model
         # Frozen parts keep the source's normalisation statistics (eval mode in every step).
         self.frozen = [m for m in (model.encoder, model.decoder)
                        if not any(p.requires_grad for p in m.parameters())]
@@ -151,6 +153,11 @@ class AdaptTask(Task):
         with self.env.autocast():
             outputs = forward(images)
         loss, _ = self.criterion(outputs, targets)
+        # A source with prototype attention adapts with its auxiliary loss too, as the meta
+        # inner loop rehearsed it (the prototypes adapt with `decoder` and `all`, not `heads`).
+        extra = prototype_term(getattr(self.model, "attention", None), outputs, targets)
+        if extra is not None:
+            loss = loss + self.spec.model.prototypes.loss_weight * extra
         return loss
 
     def _evaluate(self, model: torch.nn.Module, dataset: Any, **kw: Any) -> dict[str, Any]:

@@ -15,6 +15,18 @@ the *training* domains, DomainBed's training-domain validation), and the held-ou
 scored once, zero-shot, at the end. `meta.train_on: all` (the one-run-for-every-fold shortcut)
 adds the held-out domain's images to meta-training; the spec refuses it unless
 `meta.transductive: true`, and the results say so.
+
+Prototype attention (`model.attention=prototypes`, docs/innovations.md): the prototypes are
+k-means-initialised from the fold's training ids (never the held-out domain's, never validation
+ids) when training starts, saved with the model, and meta-learned like any parameter. They adapt
+in the inner loop when `meta.inner_params` includes them (`all`, `decoder`: they sit between the
+decoder and the heads; not `heads`), and the auxiliary prototype loss is part of the support and
+the query loss alike. Why: the inner loop is a rehearsal of the adapt kind's fine-tuning, which
+by default adapts the same parameters (`adapt.params` follows `meta.inner_params`) with the same
+loss; a domain's few images then pull the prototypes toward how damage looks in that domain
+(prototypes computed from the support set, as in prototypical networks), and meta-training learns
+prototypes from which that step helps. Left out of the inner loop they would be the one part of
+the decoder side that adaptation moves but meta-training never rehearsed moving.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ from typing import Any
 
 import torch
 
+from hcli.classes import CLASS_NAMES
 from hcli.data.manifest import load_manifest
 from hcli.data.splits import get_fold, held_out_ids, load_material_groups
 from hcli.data.stats import class_table, class_weights, rare_classes
@@ -36,6 +49,12 @@ from jobs.data import build_eval_dataset, build_train_loader
 from jobs.engine import run_task
 from jobs.hierarchy import fine_to_coarse_lut
 from jobs.meta.maml import MetaLearner
+from jobs.models.prototypes import (
+    init_segmenter_prototypes,
+    prototype_term,
+    save_attention_figures,
+)
+from jobs.models.segmenter import Segmenter
 from jobs.multiclass.evaluate import evaluate, save_samples
 from jobs.multiclass.task import _TEST_KEYS
 from jobs.segmentation import (
@@ -147,6 +166,7 @@ class MetaTask(Task):
         self.tasks_seen: Counter[str] = Counter()
         self._support_losses: list[float] = []
         self._query_losses: list[float] = []
+        self._proto_losses: list[torch.Tensor] = []
         return feeds
 
     def build_model(self) -> torch.nn.Module:
@@ -154,12 +174,35 @@ class MetaTask(Task):
         model = build_model_and_init(spec, self.manifest, self.fold.test, self.env.run_dir.parent)
         self.criterion = build_criterion(spec, self.weights, self.env.device)
         meta = spec.meta
+        self.model = model
         self.learner = MetaLearner(
-            model, lambda out, tgt: self.criterion(out, tgt)[0], algorithm=meta.algorithm,
+            model, self._loss, algorithm=meta.algorithm,
             inner_lr=meta.inner_lr, inner_steps=meta.inner_steps, inner_params=meta.inner_params,
             autocast=self.env.autocast,
         )
         return model
+
+    def _loss(self, outputs: dict[str, torch.Tensor], targets: Any) -> torch.Tensor:
+        """Support and query loss alike: the segmentation loss, plus prototype attention's
+        auxiliary loss when the model has it (the inner loop then pulls the adapted prototypes
+        toward the support images' pixels, as the adapt kind does at test time)."""
+        loss = self.criterion(outputs, targets)[0]
+        extra = prototype_term(self.model.attention, outputs, targets)
+        if extra is None:
+            return loss
+        self._last_proto = extra.detach()
+        return loss + self.spec.model.prototypes.loss_weight * extra
+
+    def on_start(self, model: torch.nn.Module, resumed: bool) -> None:
+        # k-means from the fold's training ids of the training domains only: never the held-out
+        # domain, not even with meta.train_on=all (whose transductive use is meta-training), nor
+        # the validation ids. A resumed run has its prototypes in the checkpoint.
+        p = self.spec.model
+        if not resumed and p.attention == "prototypes" and p.prototypes.init == "kmeans":
+            assert isinstance(model, Segmenter)
+            train_set = build_eval_dataset(self.spec, self.manifest, self.fold.train)
+            init_segmenter_prototypes(model, train_set, self.spec.data.crop_size,
+                                      self.env.device, self.env.autocast, self.spec.seed)
 
     def provenance(self) -> dict[str, Any]:
         init = self.spec.model.init_from
@@ -185,6 +228,8 @@ class MetaTask(Task):
         support = self._batch(fetch(FEED_PREFIX + name))
         query = self._batch(fetch(FEED_PREFIX + name))
         out = self.learner.task_loss(support, query)
+        if self.model.attention is not None:
+            self._proto_losses.append(self._last_proto)  # the query's (the last loss computed)
         self.micro += 1
         self.tasks_seen[name] += 1
         self._support_losses.append(out.support_losses[0])
@@ -197,7 +242,9 @@ class MetaTask(Task):
         if self._query_losses:
             logs = {"support_loss": sum(self._support_losses) / len(self._support_losses),
                     "query_loss": sum(self._query_losses) / len(self._query_losses)}
-        self._support_losses, self._query_losses = [], []
+        if self._proto_losses:
+            logs["prototype_loss"] = float(torch.stack(self._proto_losses).mean())
+        self._support_losses, self._query_losses, self._proto_losses = [], [], []
         return logs
 
     def state_dict(self) -> dict[str, Any]:
@@ -226,6 +273,10 @@ class MetaTask(Task):
         samples = save_samples(model, self.test_set, self.spec,
                                self.env.run_dir / "figures" / "samples", self.env.device,
                                self.env.autocast, self.spec.train.overlays)
+        if self.spec.model.attention == "prototypes":
+            save_attention_figures(model, self.test_set, self.spec.data.crop_size,
+                                   self.env.run_dir / "figures" / "prototypes", self.env.device,
+                                   self.spec.train.overlays, list(CLASS_NAMES))
         meta = self.spec.meta
         self._record_transductive()
         init = init_transductive(self.env.run_dir)

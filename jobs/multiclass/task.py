@@ -10,7 +10,6 @@ training pixels; a curriculum (train.curriculum) sets which heads carry loss at 
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -25,9 +24,8 @@ from jobs.data import build_eval_dataset, build_train_loader
 from jobs.engine import run_task
 from jobs.hierarchy import fine_to_coarse_lut
 from jobs.models.prototypes import (
-    init_prototypes_kmeans,
-    prototype_loss,
-    resized_samples,
+    init_segmenter_prototypes,
+    prototype_term,
     save_attention_figures,
 )
 from jobs.models.segmenter import Segmenter
@@ -40,7 +38,7 @@ from jobs.segmentation import (
     to_device,
     transductive_line,
 )
-from jobs.task import Feed, Fetch, Task, TrainState
+from jobs.task import Feed, Fetch, Task, TaskEvent, TrainState
 
 __all__ = ["MulticlassTask", "run"]
 
@@ -57,8 +55,6 @@ _TEST_KEYS = (
     "pixel_accuracy",
     "per_coarse_iou",
 )
-# Training images whose pixels seed the prototypes' k-means (a sample: it runs once, at step 0).
-_PROTOTYPE_INIT_IMAGES = 64
 
 
 class MulticlassTask(Task):
@@ -110,21 +106,9 @@ class MulticlassTask(Task):
 
     def _init_prototypes(self, model: Segmenter) -> None:
         """k-means over the fold's training pixels (the fold's training ids only)."""
-        device, crop = self.env.device, self.spec.data.crop_size
-        model.to(device).eval()
-        gen = torch.Generator().manual_seed(self.spec.seed)
         train_set = build_eval_dataset(self.spec, self.manifest, self.fold.train)
-        samples = ((img.to(device), mask) for img, mask in
-                   resized_samples(train_set, crop, _PROTOTYPE_INIT_IMAGES, gen))
-        assert model.attention is not None
-        with self.env.autocast():
-            empty = init_prototypes_kmeans(
-                model.attention, lambda x: model.decoder(model.encoder(x)), samples,
-                seed=self.spec.seed)
-        model.train()
-        if empty:
-            warnings.warn(f"prototypes of {[CLASS_NAMES[c] for c in empty]} stay random: no "
-                          "training pixel of theirs in this fold", stacklevel=1)
+        init_segmenter_prototypes(model, train_set, self.spec.data.crop_size, self.env.device,
+                                  self.env.autocast, self.spec.seed)
 
     def _check_curriculum(self) -> None:
         from hcli.errors import UserError
@@ -150,10 +134,19 @@ class MulticlassTask(Task):
             return
         for p in self.model.encoder.parameters():
             p.requires_grad_(not cur.encoder_frozen)
-        if self.env.is_main:
-            print(f"curriculum: step {step}: stage {cur.index} ({cur.stage}) of "
-                  f"{list(cur.stages)}, heads {cur.head_weights(self.spec.loss)}, lr x"
-                  f"{cur.lr_mult}{', encoder frozen' if cur.encoder_frozen else ''}", flush=True)
+        # A stage that begins at this step is an event; one re-entered on resume only sets
+        # progress.json and the log.
+        begins = cur.start_step == step
+        why = {"schedule": ": its share of train.steps is done",
+               "plateau": ": its validation figure stopped improving"}.get(cur.cause, "")
+        before = f" (stage {cur.stages[cur.index - 1]} ended{why})" if cur.index else ""
+        where = f"{cur.stage} {cur.index + 1}/{len(cur.stages)}"
+        message = (f"curriculum stage {where} {'begins' if begins else 'resumed'}{before}; "
+                   f"heads {cur.head_weights(self.spec.loss)}, lr x{cur.lr_mult}"
+                   f"{', encoder frozen' if cur.encoder_frozen else ''}")
+        self.emit(TaskEvent(step, "stage" if begins else None, message,
+                            fields={"stage": cur.stage, "reason": cur.cause},
+                            progress={"curriculum": cur.progress()}, tag=where))
         self._stage_applied = cur.index
 
     def provenance(self) -> dict[str, Any]:
@@ -171,10 +164,8 @@ class MulticlassTask(Task):
             outputs = forward(images)
         weights = None if self.curriculum is None else self.curriculum.head_weights(self.spec.loss)
         loss, _ = self.criterion(outputs, targets, weights)
-        if "prototype_sims" in outputs:
-            fine = targets["fine"] if isinstance(targets, dict) else targets
-            assert self.model.attention is not None
-            extra = prototype_loss(self.model.attention, outputs["prototype_sims"], fine)
+        extra = prototype_term(self.model.attention, outputs, targets)
+        if extra is not None:
             self._proto_loss.append(extra.detach())
             loss = loss + self.spec.model.prototypes.loss_weight * extra
         return loss
@@ -206,10 +197,7 @@ class MulticlassTask(Task):
         m = self._evaluate(model, self.val_set)
         cur = self.curriculum
         if cur is not None and cur.plateaued(m):
-            step = self.micro // self.spec.train.accum_steps
-            print(f"curriculum: step {step}: stage {cur.stage} stopped improving its "
-                  f"validation figure; next stage", flush=True)
-            cur.end_stage(step)
+            cur.end_stage(self.micro // self.spec.train.accum_steps)  # announced as it begins
         return {"miou": m["miou"] or 0.0,
                 **{k: m[k] for k in ("binary_miou", "coarse_miou", "rare_miou", "per_class_iou")}}
 
