@@ -152,6 +152,52 @@ def test_submit_adapt_refuses_a_source_without_a_held_out_domain(lomo, synth_dat
     assert done.returncode == 2 and "--from" in done.stderr
 
 
+def test_a_sweeps_checks_run_once_per_distinct_input_and_fail_every_run_sharing_it(
+    synth_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hcli.errors import DataError
+    from hcli.launch import _checks, plan_runs
+    from hcli.launch._plan import plan_adapt
+    from hcli.runs import create_run
+
+    runs, sources = tmp_path / "runs", []
+    for fold in ("2", "4"):
+        (p,) = plan_runs("multiclass", overrides=[f"data.root={synth_data}", "data.crop_size=64",
+                                                  "data.protocol=lomo", f"data.fold={fold}"])
+        create_run(runs, p.run_id, p.spec).update_state(state="COMPLETED")
+        sources.append(p.run_id)
+    planned = plan_adapt(sources, runs, overrides=["adapt.shots=0,1,2", "seed=0,1"])
+    assert len(planned) == 12
+    calls: list[str] = []
+    for name in ("_check_data", "_check_fold"):
+        def counted(*a: Any, _real: Any = getattr(_checks, name), _name: str = name,
+                    **k: Any) -> Any:
+            calls.append(_name)
+            return _real(*a, **k)
+        monkeypatch.setattr(_checks, name, counted)
+    memo: dict = {}
+    for p in planned:
+        _checks.preflight(p.spec, runs, memo=memo)
+    # One manifest; a fold per source and seed (the seed draws its validation split).
+    assert sorted(calls) == ["_check_data"] + ["_check_fold"] * 4
+    calls.clear()
+    for p in planned:  # without a memo, as the job checks on its node: every run checks
+        _checks.preflight(p.spec, runs)
+    assert sorted(calls) == ["_check_data"] * 12 + ["_check_fold"] * 12
+
+    def missing(spec: Any) -> Any:
+        calls.append("missing")
+        raise DataError(f"{spec.data.root}/manifest.json is missing")
+
+    monkeypatch.setattr(_checks, "_check_data", missing)
+    calls.clear()
+    memo = {}
+    for p in planned:  # found once, refused for each run that reads the same data
+        with pytest.raises(DataError, match="manifest.json is missing"):
+            _checks.preflight(p.spec, runs, memo=memo)
+    assert calls == ["missing"]
+
+
 def test_collect_adaptation_tables_by_value(lomo, tmp_path: Path) -> None:
     runs = lomo["runs"]
     wanted = [lomo["source"], lomo["zero"], lomo["k"]]

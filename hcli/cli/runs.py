@@ -80,12 +80,13 @@ def _check_before_queueing(
     from hcli.launch._checks import preflight
     from hcli.runs import ACTIVE_STATES
 
+    memo: dict = {}  # a sweep's runs share their checks (one per distinct data, fold, weights)
     for p in planned:
         state = (read_json(root / p.run_id / "state.json") or {}).get("state")
         if state in ACTIVE_STATES or (state == "COMPLETED" and not force):
             continue  # nothing will be queued for it (submit_runs says why)
         try:
-            preflight(p.spec, root, slurm=slurm)
+            preflight(p.spec, root, slurm=slurm, memo=memo)
         except UserError as exc:
             if not dry_run:
                 if len(planned) > 1:  # say which run of the sweep; nothing of it is queued

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hcli.errors import DataError, SpecError, UserError
 
@@ -22,29 +23,59 @@ if TYPE_CHECKING:
 
 __all__ = ["preflight"]
 
+_T = TypeVar("_T")
+
 # The files a timm model's weights go by on the Hugging Face hub (jobs/models/encoders.py).
 _HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 
 
-def preflight(spec: Spec, runs_root: Path, *, slurm: bool = False, on_node: bool = False) -> None:
+def preflight(
+    spec: Spec,
+    runs_root: Path,
+    *,
+    slurm: bool = False,
+    on_node: bool = False,
+    memo: dict[tuple[Any, ...], Any] | None = None,
+) -> None:
     """Raise a UserError naming the field or file and the fix if `spec` cannot start.
 
     `slurm`: the job goes through sbatch, so its container image must exist here.
     `on_node`: called by the job as it starts; checks even when `slurm.skip_checks` is set (that
     flag only moves the checks to the node) and looks the weights up exactly, torch being loaded.
+    `memo`: one dict shared by the runs of a sweep, so each check runs once per distinct value
+    of what it reads (27 adaptation runs of 3 sources read 3 folds of one manifest).
     """
     if spec.slurm.skip_checks and not on_node:
         return
     if slurm and not on_node:
-        _check_container(spec)
+        _once(memo, ("container", spec.slurm.container), lambda: _check_container(spec))
     if spec.kind == "probe":  # the probe reports on the data and the node; it needs neither
         return
-    manifest = _check_data(spec)
-    fold = _check_fold(spec, manifest)
-    if spec.model.init_from:
+    manifest = _once(memo, ("data", spec.data.root), lambda: _check_data(spec))
+    fold = _once(memo, ("fold", spec.data.model_dump_json(), spec.seed),
+                 lambda: _check_fold(spec, manifest))
+    if spec.model.init_from:  # reads the whole spec (its leakage rule): never shared
         _check_init_from(spec, manifest, fold.test, runs_root, on_node=on_node)
     if spec.model.pretrained is not False:
-        _check_weights(spec, on_node=on_node)
+        _once(memo, ("weights", spec.model.backbone, spec.data.crop_size,
+                     str(spec.model.pretrained)),
+              lambda: _check_weights(spec, on_node=on_node))
+
+
+def _once(memo: dict[tuple[Any, ...], Any] | None, key: tuple[Any, ...],
+          check: Callable[[], _T]) -> _T:
+    """`check()`, or what it returned or raised the first time for `key` (its inputs)."""
+    if memo is None:
+        return check()
+    if key not in memo:
+        try:
+            memo[key] = (check(), None)
+        except UserError as exc:
+            memo[key] = (None, exc)
+    value, error = memo[key]
+    if error is not None:
+        raise error
+    return value
 
 
 def _check_container(spec: Spec) -> None:

@@ -174,11 +174,14 @@ def submit_runs(
         created: list[Run] = []
         runs: list[Run] = []
         try:
+            link_code: _SnapshotLinks | None = None
             for p, run, is_new in fresh:
                 if is_new:
                     run = create_run(root, p.run_id, p.spec, snapshot=not created)
-                    if created:  # the same code for every run of one submission: linked once
-                        _link_tree(created[0].path / "code", run.path / "code")
+                    if link_code is None:  # the same code for every run of one submission
+                        link_code = _SnapshotLinks(run.path / "code")
+                    else:
+                        link_code(run.path / "code")
                     created.append(run)
                 elif run.state()["state"] != "PENDING":
                     _archive_attempt(run)
@@ -194,19 +197,35 @@ def submit_runs(
     return outcomes
 
 
-def _link_tree(src: Path, dest: Path) -> None:
-    """Hard links of a code snapshot (never written after submission), copies across devices.
+class _SnapshotLinks:
+    """Hard links of one code snapshot (never written after submission) into other run folders;
+    copies across devices.
 
-    A copy per run was the largest cost of submitting a 27-run sweep
-    (benchmarks/bench_adapt_submit.py)."""
+    A copy per run was the largest cost of submitting a 27-run sweep, and `shutil.copytree` of
+    links still a fifth of it (it lists and stats the tree again for every run): the tree is
+    listed once here (benchmarks/bench_adapt_submit.py)."""
 
-    def link(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
+    def __init__(self, src: Path) -> None:
+        self.src = str(src)
+        self.dirs: list[str] = []
+        self.files: list[str] = []
+        for folder, _, names in os.walk(self.src):  # top-down: a folder before its contents
+            rel = os.path.relpath(folder, self.src)
+            if rel != ".":
+                self.dirs.append(rel)
+            self.files.extend(os.path.join(rel, n) if rel != "." else n for n in names)
 
-    shutil.copytree(src, dest, copy_function=link)
+    def __call__(self, dest: Path) -> None:
+        base = str(dest)
+        os.mkdir(base)
+        for rel in self.dirs:
+            os.mkdir(os.path.join(base, rel))
+        for rel in self.files:
+            a, b = os.path.join(self.src, rel), os.path.join(base, rel)
+            try:
+                os.link(a, b)
+            except OSError:
+                shutil.copy2(a, b)
 
 
 def _launch(

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from hcli.data.manifest import Manifest
 from hcli.errors import SpecError
 from hcli.runs import Run, find_run
-from hcli.spec import Spec
+
+if TYPE_CHECKING:
+    from hcli.data.manifest import Manifest
+    from hcli.spec import Spec
 
 __all__ = [
     "LODO_PROTOCOLS",
@@ -64,6 +65,10 @@ def held_out_of(source: Run, spec: Spec, manifest: Manifest) -> list[str]:
 
 def draw_support(held_out: Sequence[str], shots: int, seed: int) -> list[str]:
     """`shots` ids of `held_out`, deterministic by `seed`; at least one id stays for scoring."""
+    # numpy here, not at the top: `hcli submit adapt` plans with this module and never draws
+    # (~70 ms of its start, benchmarks/bench_adapt_submit.py).
+    import numpy as np
+
     ids = sorted(held_out)
     if shots >= len(ids):
         raise SpecError(
