@@ -88,6 +88,8 @@ class Engine:
         self.env = Env(spec, self.device, self.dist.rank, self.dist.world_size, ctx.run.path,
                        ctx.run.run_id, autocast_factory(spec, self.device))
         self.task = task_cls(self.env)
+        # The section the loop runs with from here on: the task's schedule (Task.train_spec).
+        self.train_spec = t = self.task.train_spec()
         # Feeds before the model: the order in which the seeded RNG is consumed is part of a
         # run's results.
         self.feeds: dict[str, Feed] = self.task.build_feeds()
@@ -194,10 +196,10 @@ class Engine:
             from jobs.distributed import average_gradients
 
             average_gradients(self.model)
-        if self.spec.train.clip_grad:
+        if self.train_spec.clip_grad:
             self.scaler.unscale_(self.optimizer)
             grad_norm = float(
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.clip_grad)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_spec.clip_grad)
             )
         scale = self.task.lr_scale()
         if scale != 1.0:
@@ -211,7 +213,7 @@ class Engine:
 
     def train_step(self) -> tuple[list[torch.Tensor], float | None]:
         """One optimizer step over `train.accum_steps` micro-batches."""
-        accum = self.spec.train.accum_steps
+        accum = self.train_spec.accum_steps
         losses = []
         for i in range(accum):
             # Gradients are all-reduced once, on the last micro-batch (DDP's no_sync).
@@ -232,7 +234,7 @@ class Engine:
         """Validate, keep the best weights; returns True when early stopping says stop."""
         from jobs.distributed import broadcast_object
 
-        t, s, task = self.spec.train, self.state, self.task
+        t, s, task = self.train_spec, self.state, self.task
         if self.ctx.is_main:
             self.progress.note(phase="validate")
             metrics = task.validate(self.model)
@@ -267,7 +269,7 @@ class Engine:
     # -- the loop ------------------------------------------------------------------------------
 
     def train(self) -> Outcome:
-        t, s = self.spec.train, self.state
+        t, s = self.train_spec, self.state
         self.task.on_start(self.model, resumed=self.resume())
         self.model.train()
         last_ckpt_time = time.monotonic()
@@ -324,7 +326,7 @@ class Engine:
 
     def _log_train(self, losses: list[torch.Tensor], grad_norm: float | None, n: int,
                    elapsed: float, bar: Any) -> None:
-        t, s = self.spec.train, self.state
+        t, s = self.train_spec, self.state
         loss = float(torch.stack(losses).mean())
         rate = n * t.batch_size * t.accum_steps * self.dist.world_size / max(elapsed, 1e-9)
         epoch = s.samplers.get(self.task.main_feed, {}).get("epoch")

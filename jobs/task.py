@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from hcli.spec import Spec
+from hcli.spec import Spec, TrainSpec
 
 __all__ = ["Env", "Feed", "Task", "TaskEvent", "TrainState", "Fetch"]
 
@@ -105,7 +105,8 @@ class TaskEvent:
 class Task:
     """Base class of a job kind. Subclasses override what they need; the engine calls, in order:
 
-    `build_feeds()` then `build_model()` (this order fixes how the seeded RNG is consumed),
+    `train_spec()` (the section it runs with), `build_feeds()` then `build_model()` (this
+    order fixes how the seeded RNG is consumed),
     `provenance()` (written to provenance.json before the first step), `param_groups(model)`,
     `load_state_dict(...)` on resume, `on_start(model, resumed)`, `micro_step(fetch, forward)`
     for every micro-batch,
@@ -154,6 +155,16 @@ class Task:
         """A multiplier on every group's learning rate for this optimizer step (a curriculum
         stage's); the schedule sets the rates afresh after each step, so it never compounds."""
         return 1.0
+
+    def train_spec(self) -> TrainSpec:
+        """The `train` section the engine runs with, read once after `__init__`: the optimizer
+        and schedule (steps, lr, warmup, decay), accumulation, clipping, and the validation,
+        logging, checkpoint and early-stopping cadence. The spec's own by default. A task with
+        a schedule of its own (adapt: `adapt.steps` at `adapt.lr`) returns a changed copy
+        (`self.spec.train.model_copy(update=...)`), so the spec, spec.yaml and the run id keep
+        the section as given. Seeding, device and amp come from the spec's section (they are
+        set before the task exists)."""
+        return self.spec.train
 
     def emit(self, event: TaskEvent) -> None:
         """Announce `event`; the engine writes it out after the current step."""

@@ -47,6 +47,7 @@ def _engine(accum: int, ddp: Any = None) -> Engine:
     task = _Linear()
     engine = Engine.__new__(Engine)  # the step alone: no run folder, no data
     engine.spec, engine.task, engine.model, engine.ddp = spec, task, task.model, ddp
+    engine.train_spec = spec.train
     engine.forward = task.model
     engine.dist = SimpleNamespace(world_size=2 if ddp else 1)
     engine.optimizer = torch.optim.SGD(task.model.parameters(), lr=1.0)
@@ -114,3 +115,59 @@ def test_task_events_reach_metrics_progress_and_the_log(tmp_path, capsys):
     engine._task_events(bar)
     assert task.pop_events() == []
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+class _OwnSchedule(_Linear):
+    """_Linear with a schedule of its own (as adapt has): 3 steps at a constant 0.5, validated
+    after the third, whatever the spec's `train` section says."""
+
+    metric, mode = "loss", "min"
+
+    def __init__(self, env: Any) -> None:
+        super().__init__()
+        Task.__init__(self, env)
+        self.validated: list[int] = []
+
+    def build_feeds(self) -> dict:
+        return {}
+
+    def build_model(self) -> torch.nn.Module:
+        return self.model
+
+    def param_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
+        return [{"params": list(model.parameters())}]
+
+    def train_spec(self) -> Any:
+        return self.spec.train.model_copy(update={
+            "steps": 3, "lr": 0.5, "warmup_steps": 0, "poly_power": 0.0, "schedule": "poly",
+            "val_every_steps": 3, "accum_steps": 1})
+
+    def validate(self, model: torch.nn.Module) -> dict[str, Any]:
+        self.validated.append(len(self.validated))
+        return {"loss": float(model.weight.detach().abs().sum())}
+
+
+def test_the_engine_runs_the_schedule_the_task_declares(tmp_path):
+    import json
+
+    from hcli.runs import create_run
+    from jobs.runtime import JobContext
+    from jobs.signals import StopFlag
+
+    spec = load_spec(None, overrides=["train.steps=10", "train.lr=0.001", "train.warmup_steps=2",
+                                      "train.val_every_steps=5", "train.accum_steps=2"])
+    given = spec.train.model_dump()
+    run = create_run(tmp_path, "multiclass-convnext-0badcafe", spec, snapshot=False)
+    engine = Engine(JobContext(run, spec, "test", StopFlag()), _OwnSchedule)
+    lrs: list[float] = []
+    engine.after_step.append(lambda step: lrs.append(engine.optimizer.param_groups[0]["lr"]))
+    engine.finish = lambda stopped_early: None  # type: ignore[method-assign]  # no results model
+    try:
+        outcome = engine.train()
+    finally:
+        engine.close()
+    assert outcome.step == 3 and engine.task.x == 3  # 3 steps of one micro-batch, not 10 of 2
+    assert lrs == [0.5, 0.5, 0.5]  # constant, no warmup: the task's rate, not the spec's
+    assert engine.task.validated == [0]  # once, after step 3 (its cadence, not every 5)
+    assert json.loads((run.path / "progress.json").read_text())["total_steps"] == 3
+    assert spec.train.model_dump() == given  # the spec's own section is left as given

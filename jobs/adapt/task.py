@@ -11,11 +11,10 @@ on the support images.
 
 The schedule comes from the `adapt` section: `adapt.steps` steps at a constant `adapt.lr`, one
 batch of `train.batch_size` support crops per step, no warmup, no early stopping, 0 steps for
-0 shots (the source evaluated as is). The engine reads the
-`train` section, which holds the source's settings (batch size, accumulation, amp), and
-jobs/engine.py is shared, so the task writes the adaptation schedule into that section in
-memory before the engine builds the optimizer; spec.yaml (and the run id) keep the adapt
-section as given.
+0 shots (the source evaluated as is). The task hands the engine that schedule through
+`Task.train_spec`: a copy of the `train` section (the source's batch size, amp, clipping and
+checkpoint cadence) with the schedule's fields replaced; the spec itself, spec.yaml and the run
+id keep both sections as given.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ from jobs.multiclass.evaluate import evaluate, save_samples
 from jobs.segmentation import build_criterion, init_transductive, to_device
 from jobs.task import Env, Feed, Fetch, Task, TrainState
 
-__all__ = ["AdaptTask", "adapted_parameters", "run"]
+__all__ = ["AdaptTask", "adaptation_schedule", "adapted_parameters", "run"]
 
 # The test figures of results.json, as the multiclass kind writes them.
 _TEST_KEYS = ("miou", "binary_miou", "coarse_miou", "rare_miou", "per_class_iou", "per_class_f1",
@@ -60,20 +59,20 @@ def adapted_parameters(model: torch.nn.Module, which: str) -> list[str]:
     raise ValueError(f"adapt.params={which!r}; use all, decoder or heads")
 
 
-def _adaptation_schedule(train: TrainSpec, adapt: AdaptSpec) -> None:
-    """The adapt section's schedule, in place (see the module docstring for why in place).
+def adaptation_schedule(train: TrainSpec, adapt: AdaptSpec) -> TrainSpec:
+    """`train` with the adapt section's schedule: a copy, the spec's own section untouched.
 
-    Set past validation: 0 steps (0 shots) and poly power 0 (a constant rate) are outside what
-    a `train` section accepts from a user, and are right here.
+    Unvalidated (`model_copy`): 0 steps (0 shots) and poly power 0 (a constant rate) are outside
+    what a `train` section accepts from a user, and are right here.
     """
     steps = adapt.steps if adapt.shots else 0
     # One support batch per step whatever the source accumulated (a meta source accumulates
     # its tasks): ERM and meta sources adapt alike.
-    for key, value in (("steps", steps), ("lr", adapt.lr), ("warmup_steps", 0),
-                       ("accum_steps", 1),
-                       ("schedule", "poly"), ("poly_power", 0.0),
-                       ("val_every_steps", max(steps, 1)), ("early_stop_patience", None)):
-        object.__setattr__(train, key, value)
+    return train.model_copy(update={
+        "steps": steps, "lr": adapt.lr, "warmup_steps": 0, "accum_steps": 1,
+        "schedule": "poly", "poly_power": 0.0,
+        "val_every_steps": max(steps, 1), "early_stop_patience": None,
+    })
 
 
 class AdaptTask(Task):
@@ -86,7 +85,9 @@ class AdaptTask(Task):
         assert a.source_run is not None  # the spec's cross-field rule
         self.source, self.source_spec = source_of(a.source_run, env.run_dir.parent)
         self.params = a.params or getattr(self.source_spec.meta, "inner_params", None) or "all"
-        _adaptation_schedule(self.spec.train, a)
+
+    def train_spec(self) -> TrainSpec:
+        return adaptation_schedule(self.spec.train, self.spec.adapt)
 
     def build_feeds(self) -> dict[str, Feed]:
         spec, env, src = self.spec, self.env, self.source_spec
@@ -194,7 +195,7 @@ class AdaptTask(Task):
             or init["transductive"],
             **init,
             "shots": a.shots,
-            "adapt_steps": self.spec.train.steps,
+            "adapt_steps": self.train_spec().steps,
             "adapt_lr": a.lr,
             "params": self.params,
             "support_ids": sorted(self.support),
