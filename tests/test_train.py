@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -18,8 +19,11 @@ from tests.conftest import HCLI, REPO, run_cli, tiny_overrides
 pytestmark = pytest.mark.slow
 
 
-def _only_run(runs: Path) -> Path:
-    (run,) = [p for p in runs.iterdir() if not p.name.startswith(".")]
+def _only_run(runs: Path, kind: str | None = None) -> Path:
+    """The one run in `runs` (of `kind`: a SETUP source beside it is not it)."""
+    prefix = f"{kind.split(':')[0]}-" if kind else ""
+    (run,) = [p for p in runs.iterdir() if not p.name.startswith(".") and
+              p.name.startswith(prefix)]
     return run
 
 
@@ -52,13 +56,23 @@ RESUMABLE: dict[str, tuple[str, ...]] = {
     "meta": ("data.protocol=lomo", "meta.tasks_per_step=2", "meta.inner_steps=1"),
     "multiclass:curriculum": ("model.hierarchical=true", "model.attention=prototypes",
                               "train.curriculum=[binary,coarse,fine]"),
+    # Its schedule is adapt.steps (the kill lands in 5..34); train.* keeps the cadences.
+    "adapt": ("adapt.shots=3", "adapt.steps=40", "adapt.lr=0.001"),
+}
+# A kind that starts from a finished run names it here: that run's kind and overrides. It is
+# trained once, copied into every runs folder of the test before the run under test, and
+# passed to it with --from.
+SETUP: dict[str, tuple[str, tuple[str, ...]]] = {
+    "adapt": ("multiclass", ("data.protocol=lomo", "data.fold=4", "train.steps=6",
+                             "train.val_every_steps=3", "train.warmup_steps=1")),
 }
 
 
-def _train(runs: Path, data: Path, *extra: str, kind: str = "multiclass") -> Path:
-    run_cli(["submit", kind.split(":")[0], "--foreground", "--runs-dir", str(runs),
+def _train(runs: Path, data: Path, *extra: str, kind: str = "multiclass",
+           args: tuple[str, ...] = ()) -> Path:
+    run_cli(["submit", kind.split(":")[0], "--foreground", "--runs-dir", str(runs), *args,
              *tiny_overrides(data, *extra)])
-    return _only_run(runs)
+    return _only_run(runs, kind)
 
 
 class _References(dict):
@@ -67,11 +81,26 @@ class _References(dict):
     def __init__(self, data: Path, factory: pytest.TempPathFactory) -> None:
         super().__init__()
         self.data, self.factory = data, factory
+        self.sources: dict[str, Path] = {}
 
     def __missing__(self, kind: str) -> Path:
         runs = self.factory.mktemp(f"ref-{kind}") / "runs"
-        self[kind] = _train(runs, self.data, *RESUME_BASE, *RESUMABLE[kind], kind=kind)
+        self[kind] = _train(runs, self.data, *RESUME_BASE, *RESUMABLE[kind], kind=kind,
+                            args=self.setup(kind, runs))
         return self[kind]
+
+    def setup(self, kind: str, runs: Path) -> tuple[str, ...]:
+        """`kind`'s SETUP run copied into `runs` (trained on first use); the CLI arguments
+        that name it."""
+        if kind not in SETUP:
+            return ()
+        if kind not in self.sources:
+            source_kind, overrides = SETUP[kind]
+            self.sources[kind] = _train(self.factory.mktemp(f"setup-{kind}") / "runs",
+                                        self.data, *overrides, kind=source_kind)
+        source = self.sources[kind]
+        shutil.copytree(source, runs / source.name)
+        return ("--from", source.name)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +141,7 @@ def test_run_folder_holds_what_the_contract_says(reference: Path):
     assert list((reference / "tb").iterdir())  # TensorBoard events
 
 
-def _start(runs: Path, data: Path, kind: str) -> subprocess.Popen[str]:
+def _start(runs: Path, data: Path, kind: str, args: tuple[str, ...]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             *HCLI,
@@ -121,6 +150,7 @@ def _start(runs: Path, data: Path, kind: str) -> subprocess.Popen[str]:
             "--foreground",
             "--runs-dir",
             str(runs),
+            *args,
             *tiny_overrides(data, *RESUME_BASE, *RESUMABLE[kind]),
         ],
         cwd=REPO,
@@ -131,9 +161,9 @@ def _start(runs: Path, data: Path, kind: str) -> subprocess.Popen[str]:
     )
 
 
-def _last_train_step(runs: Path) -> int:
+def _last_train_step(runs: Path, kind: str = "") -> int:
     steps = [0]
-    for path in runs.glob("*/metrics.jsonl"):
+    for path in runs.glob(f"{kind.split(':')[0]}*/metrics.jsonl"):
         for line in path.read_text().splitlines():
             record = json.loads(line)
             if record.get("split") == "train":
@@ -148,11 +178,11 @@ def _kill_seed() -> int:
     return seed
 
 
-def _kill_at_random_step(proc: subprocess.Popen[str], runs: Path) -> int:
+def _kill_at_random_step(proc: subprocess.Popen[str], runs: Path, kind: str = "") -> int:
     # After the first checkpoint, before the end.
     target = random.Random(_kill_seed()).randint(5, 34)
     deadline = time.time() + 300
-    while time.time() < deadline and _last_train_step(runs) < target:
+    while time.time() < deadline and _last_train_step(runs, kind) < target:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -166,15 +196,17 @@ def test_sigkill_and_resume_is_bitwise_identical(references, synth_data, tmp_pat
                                                  kind):
     reference = references[kind]
     runs = tmp_path / "runs"
-    proc = _start(runs, synth_data, kind)
-    target = _kill_at_random_step(proc, runs)
-    run = _only_run(runs)
+    args = references.setup(kind, runs)
+    proc = _start(runs, synth_data, kind, args)
+    target = _kill_at_random_step(proc, runs, kind)
+    run = _only_run(runs, kind)
     assert run.name == reference.name  # same spec, same identity
     state = json.loads((run / "state.json").read_text())
     assert state["state"] == "RUNNING", f"killed near step {target}"  # the job never knew
     status = json.loads(run_cli(["status", "--json", "--runs-dir", str(runs)]).stdout)
-    assert status[0]["state"] == "FAILED"  # the process is gone: status says so
-    again = run_cli(["submit", kind.split(":")[0], "--foreground", "--runs-dir", str(runs),
+    (row,) = [r for r in status if r["run_id"] == run.name]
+    assert row["state"] == "FAILED"  # the process is gone: status says so
+    again = run_cli(["submit", kind.split(":")[0], "--foreground", "--runs-dir", str(runs), *args,
                      *tiny_overrides(synth_data, *RESUME_BASE, *RESUMABLE[kind])], check=False)
     assert again.returncode == 2 and f"hcli resume {run.name}" in again.stderr
     done = sorted((run / "checkpoints").glob("step-*.pt.done"))
