@@ -110,6 +110,7 @@ class JobRecord(_Model):
     submitted_at: str | None = None
     attempt: int = 1
     resumed: bool = False
+    dependency: str | None = None  # the `afterok:` it was queued with (--after, pipelines)
     stdout: str | None = None
     stderr: str | None = None
     # starts[i], ends[i] and hardware[i] describe the i-th execution; an end is null when the

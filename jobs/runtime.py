@@ -149,6 +149,8 @@ def run_job(run_dir: Path) -> dict[str, Any]:
     ctx = JobContext(run=run, spec=spec, job_id=current_job_id(), stop=stop, rank=dist.rank)
     if _cancelled_before_start(ctx):
         return {"status": "stopped", "step": None}
+    if run.state().get("state") == "BLOCKED":  # a pipeline run whose upstream failed: skip it
+        return {"status": "blocked", "step": None}
     if ctx.is_main:
         _mark_running(ctx, hardware(dist.world_size))
     try:
@@ -171,6 +173,7 @@ def run_job(run_dir: Path) -> dict[str, Any]:
             said = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
             reason = said.splitlines()[0][:500] if said else type(exc).__name__
             _update(run, ended=True, state="FAILED", message=reason)
+            _block_dependants(run, "FAILED")
         raise
     if not ctx.is_main:
         return {"status": outcome.status}
@@ -178,6 +181,16 @@ def run_job(run_dir: Path) -> dict[str, Any]:
         _update(run, ended=True, state="COMPLETED", message=None)
         return {"status": "completed", "step": outcome.step}
     return _after_stop(ctx, outcome, submitit_usr2)
+
+
+def _block_dependants(run: Run, why: str) -> None:
+    """Pipeline runs waiting for this one will never start: say so in their state.json."""
+    from hcli.study._pipeline import block_dependants
+
+    try:
+        block_dependants(run.path.parent, run.run_id, why)
+    except Exception as exc:  # the run's own failure is what must be recorded and raised
+        print(f"could not mark the runs waiting for {run.run_id} BLOCKED: {exc}", file=sys.stderr)
 
 
 def _slurm_is_ending_job() -> bool:

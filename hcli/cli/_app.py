@@ -11,6 +11,7 @@ from hcli.cli import data as _data
 from hcli.cli import doctor as _doctor
 from hcli.cli import runs as _runs
 from hcli.cli import spec as _spec
+from hcli.cli import study as _study
 
 __all__ = ["app"]
 
@@ -52,6 +53,7 @@ def _root(
 app.add_typer(_spec.app, name="spec", help="Show, validate and describe experiment specs.")
 app.add_typer(_data.app, name="data", help="Synthesize, prepare, inspect and split ARTeFACT data.")
 _runs.register(app)
+_study.register(app)
 _doctor.register(app)
 _collect.register(app)
 _bench.register(app)

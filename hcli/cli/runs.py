@@ -96,7 +96,11 @@ def _check_before_queueing(
 
 
 def submit(
-    kind: Annotated[str, typer.Argument(help="probe | multiclass (later: mae, meta, adapt)")],
+    kind: Annotated[str, typer.Argument(
+        help="probe | multiclass | mae | meta | adapt, or pipeline (a study file's stages)")],
+    study: Annotated[str | None, typer.Argument(
+        help="pipeline: the study file (a path or a name in configs/)", show_default=False)]
+    = None,
     config: ConfigArg = None,
     backbone: Annotated[
         str | None,
@@ -140,8 +144,24 @@ def submit(
     from hcli.launch import plan_runs, submit_runs
     from hcli.runs import resolve_runs_dir
 
+    if kind == "pipeline":
+        from hcli.cli.study import submit_pipeline_cmd
+
+        if config or backbone or override or force or after or max_parallel or from_runs:
+            raise UserError("hcli submit pipeline takes its stages from the study file; only "
+                            "--cluster/--local, --dry-run, --json and --runs-dir apply")
+        submit_pipeline_cmd(
+            study, mode="slurm" if dry_run and not local else _mode(cluster, local, foreground),
+            dry_run=dry_run, json_out=json_out, root=resolve_runs_dir(runs_dir),
+            check=_check_before_queueing,
+        )
+        return
+    if study is not None:
+        raise UserError(f"unexpected argument {study!r}: `hcli submit {kind}` takes a config "
+                        "with --config")
     if kind not in all_kinds():
-        raise UserError(f"unknown kind {kind!r}; use one of {', '.join(all_kinds())}")
+        raise UserError(f"unknown kind {kind!r}; use one of {', '.join(all_kinds())}, "
+                        "or pipeline")
     if kind not in implemented_kinds():
         raise UserError(
             f"kind {kind!r} is specified (`hcli spec show --kind {kind}`) but has no job yet; "
@@ -493,7 +513,11 @@ def cancel(
         r.update_state(state="CANCELLED", message=_cancel_message(r, state))
     if job and job != "foreground":
         cancel_job(job)
-    typer.echo(f"{r.run_id}: cancelled (job {job}); `hcli resume {r.run_id}` continues it")
+    from hcli.study._pipeline import block_dependants
+
+    blocked = block_dependants(root, r.run_id, "CANCELLED")
+    typer.echo(f"{r.run_id}: cancelled (job {job}); `hcli resume {r.run_id}` continues it"
+               + (f"; {len(blocked)} pipeline runs waiting for it are BLOCKED" if blocked else ""))
 
 
 def _cancel_message(run, state: dict) -> str:

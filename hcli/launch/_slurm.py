@@ -44,6 +44,9 @@ def slurm_parameters(spec: Spec, *, job_name: str, dependency: str | None = None
         params["gpus_per_node"] = s.gpus_per_node
     if dependency:
         params["additional_parameters"]["dependency"] = dependency
+        # A job whose upstream failed is cancelled by SLURM rather than left pending forever
+        # (reason DependencyNeverSatisfied); the failed run marks its run BLOCKED and says why.
+        params["additional_parameters"]["kill_on_invalid_dep"] = "yes"
     return params
 
 

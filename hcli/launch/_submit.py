@@ -129,7 +129,12 @@ def submit_runs(
     force: bool = False,
     after: list[str] | None = None,
     max_parallel: int | None = None,
+    defer: bool = False,
 ) -> list[SubmitOutcome]:
+    """Create (or reuse) the runs' folders and queue a job for each that needs one.
+
+    `defer`: create the folders but start nothing and record no job (a pipeline run locally
+    starts all its stages' runs in one chain afterwards)."""
     dependency = dependency_for(root, after) if after else None
     if dependency and mode != "slurm":
         raise UserError("--after needs --cluster: local runs cannot wait for SLURM jobs")
@@ -149,7 +154,8 @@ def submit_runs(
             run = Run(run_dir)
             state = run.state()
             current = state["state"]
-            waiting = current == "PENDING" and not state.get("jobs")
+            # BLOCKED: a pipeline run whose upstream failed before it started; it never ran.
+            waiting = current == "BLOCKED" or current == "PENDING" and not state.get("jobs")
             if waiting:
                 fresh.append((p, run, False))
             elif current in ACTIVE_STATES and job_alive(run.job_id, state=state) is False:
@@ -183,16 +189,22 @@ def submit_runs(
                     else:
                         link_code(run.path / "code")
                     created.append(run)
+                elif run.state()["state"] == "BLOCKED":
+                    run.update_state(state="PENDING", message=None)
                 elif run.state()["state"] != "PENDING":
                     _archive_attempt(run)
                 runs.append(run)
+            if defer:
+                return [*outcomes, *(SubmitOutcome(r.run_id, "submitted", "PENDING", None, r.path)
+                                     for r in runs)]
             launched = _launch([p for p, _, _ in fresh], runs, root, mode, dependency, max_parallel)
         except BaseException:
             for run in created:  # never leave a run folder without a job behind
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
         for (p, _, _), run, (job_id, logs) in zip(fresh, runs, launched, strict=True):
-            run.add_job(job_id, mode if mode != "foreground" else "local", **logs)
+            run.add_job(job_id, mode if mode != "foreground" else "local", **logs,
+                        **({"dependency": dependency} if dependency else {}))
             outcomes.append(SubmitOutcome(p.run_id, "submitted", "PENDING", job_id, run.path))
     return outcomes
 
@@ -352,7 +364,7 @@ def _dry_run(
         run = Run(run_dir)
         state = run.state()
         current = state["state"]
-        waiting = current == "PENDING" and not state.get("jobs")
+        waiting = current == "BLOCKED" or current == "PENDING" and not state.get("jobs")
         alive = job_alive(run.job_id, witness, state) if current in ACTIVE_STATES else None
         died = not waiting and alive is False
         if waiting or (force and current not in ACTIVE_STATES):
@@ -411,8 +423,10 @@ def _wait_until_ended(run: Run, state: dict, timeout_s: float = 60.0) -> None:
         time.sleep(1.0)
 
 
-def resume_run(root: Path, ref: str, *, mode: Mode) -> SubmitOutcome:
-    """Continue a stopped, failed or cancelled run from its newest checkpoint."""
+def resume_run(root: Path, ref: str, *, mode: Mode, after: list[str] | None = None,
+               defer: bool = False) -> SubmitOutcome:
+    """Continue a stopped, failed or cancelled run from its newest checkpoint; `after` and
+    `defer` as for `submit_runs`."""
     run = find_run(root, ref)
     state = run.state()
     if state["state"] not in ACTIVE_STATES:
@@ -433,7 +447,12 @@ def resume_run(root: Path, ref: str, *, mode: Mode) -> SubmitOutcome:
         spec = run.spec()
         # Refused here, before anything is queued; the job refuses it again when it loads.
         check_run_checkpoints(run.checkpoints, checkpoint_identity(run.path))
+        dependency = dependency_for(root, after) if after else None
         run.update_state(state="PENDING", message=f"resumed at {now_iso()}")
-        job_id, logs = _launch([PlannedRun(run.run_id, spec)], [run], root, mode, None, None)[0]
-        run.add_job(job_id, mode if mode != "foreground" else "local", resumed=True, **logs)
+        if defer:
+            return SubmitOutcome(run.run_id, "submitted", "PENDING", None, run.path)
+        job_id, logs = _launch([PlannedRun(run.run_id, spec)], [run], root, mode, dependency,
+                               None)[0]
+        run.add_job(job_id, mode if mode != "foreground" else "local", resumed=True, **logs,
+                    **({"dependency": dependency} if dependency else {}))
     return SubmitOutcome(run.run_id, "submitted", "PENDING", job_id, run.path)
