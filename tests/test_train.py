@@ -53,7 +53,9 @@ RESUMABLE: dict[str, tuple[str, ...]] = {
                    "model.encoder_kwargs={embed_dim: [16, 32, 64, 128], depths: [1, 1, 1, 1], "
                    "stem_width: 16, transformer_dim_head: 16}", "mae.patch_size=16",
                    "mae.decoder=conv"),
-    "meta": ("data.protocol=lomo", "meta.tasks_per_step=2", "meta.inner_steps=1"),
+    # With prototypes: k-means at the start of a fresh run only, adapted in the inner loop.
+    "meta": ("data.protocol=lomo", "meta.tasks_per_step=2", "meta.inner_steps=1",
+             "model.attention=prototypes"),
     "multiclass:curriculum": ("model.hierarchical=true", "model.attention=prototypes",
                               "train.curriculum=[binary,coarse,fine]"),
     # Its schedule is adapt.steps (the kill lands in 5..34); train.* keeps the cadences.
