@@ -288,3 +288,4 @@ def test_meta_then_adapt_with_prototypes_keep_them_in_checkpoints(synth_data, tm
     assert not torch.equal(got["attention.prototypes"], src["attention.prototypes"])
     encoder = [k for k in src if k.startswith("encoder.")]
     assert encoder and all(torch.equal(got[k], src[k]) for k in encoder)
+    assert list((adapt / "figures" / "prototypes").glob("*_attention.png"))

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from hcli.classes import CLASS_NAMES
 from hcli.data.manifest import load_manifest
 from hcli.data.splits import get_fold
 from hcli.data.stats import class_table, class_weights, rare_classes
@@ -34,7 +35,7 @@ from jobs.data import build_eval_dataset, build_train_loader
 from jobs.engine import run_task
 from jobs.hierarchy import fine_to_coarse_lut
 from jobs.models import build_segmenter
-from jobs.models.prototypes import prototype_term
+from jobs.models.prototypes import prototype_term, save_attention_figures
 from jobs.multiclass.evaluate import evaluate, save_samples
 from jobs.segmentation import build_criterion, init_transductive, to_device
 from jobs.task import Env, Feed, Fetch, Task, TrainState
@@ -174,6 +175,10 @@ class AdaptTask(Task):
         samples = save_samples(model, self.test_set, self.spec,
                                self.env.run_dir / "figures" / "samples", self.env.device,
                                self.env.autocast, self.spec.train.overlays)
+        if self.spec.model.attention == "prototypes":
+            save_attention_figures(model, self.test_set, self.spec.data.crop_size,
+                                   self.env.run_dir / "figures" / "prototypes", self.env.device,
+                                   self.spec.train.overlays, list(CLASS_NAMES))
         a, src = self.spec.adapt, self.source.results() or {}
         init = init_transductive(self.env.run_dir)  # a chain run (meta, MAE) saw the query
         return {
