@@ -14,8 +14,8 @@ STATE_KEYS = (
     "requeues", "created_at", "updated_at", "message", "host", "pid",
 )
 JOB_KEYS = (
-    "job_id", "executor", "submitted_at", "attempt", "resumed", "stdout", "stderr", "starts",
-    "ends", "hardware",
+    "job_id", "executor", "submitted_at", "attempt", "resumed", "dependency", "stdout", "stderr",
+    "starts", "ends", "hardware",
 )
 HARDWARE_KEYS = ("host", "nodes", "nodelist", "world_size", "gpus", "gpu_name")
 REQUEUE_KEYS = ("at", "step", "reason", "job_id")

@@ -104,7 +104,7 @@ def submit_pipeline_cmd(study: str | None, *, mode: str, dry_run: bool, json_out
         print_json({"study": parsed.study, "dry_run": dry_run, "stages": [
             {"stage": o.stage, "kind": o.kind, "needs": o.needs, "runs": o.runs,
              "submitted": o.submitted, "resumed": o.resumed, "existing": o.existing,
-             "relinked": o.relinked, "dependency": o.dependency} for o in outcomes]})
+             "dependency": o.dependency} for o in outcomes]})
         return
     verb = "would submit" if dry_run else "submitted"
     for o in outcomes:
@@ -112,7 +112,6 @@ def submit_pipeline_cmd(study: str | None, *, mode: str, dry_run: bool, json_out
         typer.echo(f"{o.stage} ({o.kind}, {len(o.runs)} runs){needs}: {len(o.submitted)} {verb}"
                    + (f", {len(o.resumed)} resumed" if o.resumed else "")
                    + (f", {len(o.existing)} already there" if o.existing else "")
-                   + (f", {len(o.relinked)} re-linked" if o.relinked else "")
                    + (f"; dependency {o.dependency}" if o.dependency else ""))
         if dry_run:
             for rid in o.runs:

@@ -6,7 +6,8 @@ stages it needs; SLURM cancels a waiting job whose dependency can no longer be m
 itself (`block_dependants`, called by the job as it fails and by `hcli cancel`), so nothing is
 left pending forever. Submitting the study again submits only what is missing: new runs, runs
 BLOCKED or never queued, and FAILED or CANCELLED runs (continued from their newest checkpoint,
-like `hcli resume`); waiting jobs whose dependency names jobs that were replaced are re-linked.
+like `hcli resume`), behind the current jobs of the stages they need. Nothing waits on a replaced
+job: a run whose upstream failed or was cancelled is BLOCKED and its job cancelled first.
 
 The pipeline's record, `<runs root>/.pipelines/<study>.json`, lists each stage's runs and the
 stages it needs: `hcli status --pipeline` groups runs by it, `block_dependants` walks it.
@@ -25,7 +26,7 @@ from typing import Any
 from hcli.errors import ClusterError
 from hcli.fsutil import atomic_write_json, read_json
 from hcli.launch._plan import PlannedRun
-from hcli.runs import Run, now_iso, run_lock
+from hcli.runs import ACTIVE_STATES, Run, now_iso, run_lock
 from hcli.study._schema import Study
 
 __all__ = [
@@ -51,7 +52,6 @@ class StageOutcome:
     submitted: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
-    relinked: list[str] = field(default_factory=list)
     dependency: str | None = None
     sbatch: str | None = None
 
@@ -133,27 +133,6 @@ def block_dependants(root: Path, run_id: str, why: str) -> list[str]:
     return blocked
 
 
-def _relink(run: Run, dependency: str | None) -> bool:
-    """Point a waiting SLURM job at the upstream jobs of now (a resumed upstream run has a new
-    job); True when it changed."""
-    state = run.state()
-    jobs = state.get("jobs") or []
-    if state.get("state") != "PENDING" or not jobs or not dependency:
-        return False
-    job = jobs[-1]
-    if job.get("dependency") == dependency or str(job.get("job_id", "")).startswith("local-"):
-        return False
-    done = subprocess.run(
-        ["scontrol", "update", f"JobId={job['job_id']}", f"Dependency={dependency}"],
-        capture_output=True, text=True, timeout=30,
-    )
-    if done.returncode != 0:
-        return False  # the job has started or ended meanwhile: nothing to re-link
-    jobs[-1] = {**job, "dependency": dependency}
-    run.update_state(jobs=jobs)
-    return True
-
-
 def submit_pipeline(
     study: Study,
     file: Path,
@@ -192,9 +171,7 @@ def submit_pipeline(
             continue
         after = upstream if mode == "slurm" and upstream else None
         defer = mode in ("local", "foreground")  # one chain for all stages, started at the end
-        fresh = [p for p in planned if _state(root, p.run_id) in (None, "BLOCKED")
-                 or _waiting_without_job(root, p.run_id)]
-        again = [p for p in planned if _state(root, p.run_id) in RESUBMIT]
+        fresh, again = _to_submit(root, planned)
         if after:
             out.dependency = dependency_for(root, after)
         if fresh:
@@ -207,10 +184,6 @@ def submit_pipeline(
         if defer:
             local_chain += [Run(root / r) for r in [*out.submitted, *out.resumed]]
         out.existing = [r for r in out.runs if r not in out.submitted and r not in out.resumed]
-        if mode == "slurm":
-            out.relinked = [r for r in out.existing
-                            if _state(root, r) == "PENDING" and _relink(Run(root / r),
-                                                                         out.dependency)]
     if local_chain:
         _start_chain(local_chain, foreground=mode == "foreground")
     return outcomes
@@ -227,9 +200,37 @@ def _state(root: Path, run_id: str) -> str | None:
     return doc.get("state") if isinstance(doc, dict) else None
 
 
-def _waiting_without_job(root: Path, run_id: str) -> bool:
-    doc = read_json(root / run_id / "state.json") or {}
-    return doc.get("state") == "PENDING" and not doc.get("jobs")
+def _to_submit(root: Path, planned: list[PlannedRun]) -> tuple[list[PlannedRun],
+                                                                list[PlannedRun]]:
+    """(runs to submit afresh, runs to continue from their checkpoints) of one stage.
+
+    Afresh: never submitted, BLOCKED, or waiting for a job that is gone before it started (SLURM
+    cancelled it when its upstream failed). Continued: FAILED, CANCELLED, or recorded running
+    while its job is gone (a node failure ended it before it could say so)."""
+    from hcli.scheduler import job_alive, scheduler_states
+
+    states = {p.run_id: read_json(root / p.run_id / "state.json") for p in planned}
+    states = {k: v if isinstance(v, dict) else None for k, v in states.items()}
+    active = [s for s in states.values() if s and s.get("state") in ACTIVE_STATES]
+    witness = scheduler_states(
+        j for s in active if (j := (s.get("jobs") or [{}])[-1].get("job_id"))
+    ) if active else {}
+    fresh, again = [], []
+    for p in planned:
+        st = states[p.run_id]
+        current = st.get("state") if st else None
+        jobs = (st or {}).get("jobs") or []
+        gone = current in ACTIVE_STATES and bool(jobs) and job_alive(
+            jobs[-1].get("job_id"), witness, st) is False
+        if current in (None, "BLOCKED") or (current == "PENDING" and (not jobs or gone)):
+            if gone:
+                with run_lock(root, p.run_id):
+                    Run(root / p.run_id).update_state(
+                        state="BLOCKED", message="its job ended before it started")
+            fresh.append(p)
+        elif current in RESUBMIT or gone:
+            again.append(p)
+    return fresh, again
 
 
 def _start_chain(runs: list[Run], *, foreground: bool) -> None:

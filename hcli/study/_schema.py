@@ -152,13 +152,13 @@ def load_study(path: str | Path) -> tuple[Study, Path]:
         why = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
         raise SpecError(f"cannot read study file {file}: {why}") from None
     if not isinstance(raw, dict) or "stages" not in raw:
-        raise SpecError(f"{file}: not a study file (no `stages:`); see docs/planning.md")
+        raise SpecError(f"{file}: not a study file (no `stages:`); see docs/study.md")
     try:
         study = Study.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]).replace("from_", "from")
         msg = err["msg"].removeprefix("Value error, ")
-        raise SpecError(f"{file}: {loc}: {msg}; see docs/planning.md (study files)") from None
+        raise SpecError(f"{file}: {loc}: {msg}; see docs/study.md") from None
     _check_graph(study, str(file))
     return study, file
