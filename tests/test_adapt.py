@@ -152,22 +152,31 @@ def test_submit_adapt_refuses_a_source_without_a_held_out_domain(lomo, synth_dat
     assert done.returncode == 2 and "--from" in done.stderr
 
 
-def test_a_sweeps_checks_run_once_per_distinct_input_and_fail_every_run_sharing_it(
-    synth_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from hcli.errors import DataError
-    from hcli.launch import _checks, plan_runs
+def _sweep(data: Path, runs: Path) -> list:
+    """12 adaptation runs planned from 2 finished (untrained) lomo sources × 3 shots × 2 seeds."""
+    from hcli.launch import plan_runs
     from hcli.launch._plan import plan_adapt
     from hcli.runs import create_run
 
-    runs, sources = tmp_path / "runs", []
+    sources = []
     for fold in ("2", "4"):
-        (p,) = plan_runs("multiclass", overrides=[f"data.root={synth_data}", "data.crop_size=64",
+        (p,) = plan_runs("multiclass", overrides=[f"data.root={data}", "data.crop_size=64",
                                                   "data.protocol=lomo", f"data.fold={fold}"])
         create_run(runs, p.run_id, p.spec).update_state(state="COMPLETED")
         sources.append(p.run_id)
     planned = plan_adapt(sources, runs, overrides=["adapt.shots=0,1,2", "seed=0,1"])
     assert len(planned) == 12
+    return planned
+
+
+def test_a_sweeps_checks_run_once_per_distinct_input_and_fail_every_run_sharing_it(
+    synth_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hcli.errors import DataError
+    from hcli.launch import _checks
+
+    runs = tmp_path / "runs"
+    planned = _sweep(synth_data, runs)
     calls: list[str] = []
     for name in ("_check_data", "_check_fold"):
         def counted(*a: Any, _real: Any = getattr(_checks, name), _name: str = name,
@@ -196,6 +205,29 @@ def test_a_sweeps_checks_run_once_per_distinct_input_and_fail_every_run_sharing_
         with pytest.raises(DataError, match="manifest.json is missing"):
             _checks.preflight(p.spec, runs, memo=memo)
     assert calls == ["missing"]
+
+
+def test_a_sweep_whose_folders_fail_midway_leaves_no_run_folder(
+    synth_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hcli.launch import _submit
+
+    runs = tmp_path / "runs"
+    planned = _sweep(synth_data, runs)
+    real, made = _submit.create_run, []
+
+    def full_disk(root: Path, run_id: str, spec: Any, **kw: Any) -> Any:
+        if len(made) == 5:  # the sixth folder (the others are written from threads)
+            raise OSError(28, "No space left on device")
+        made.append(run_id)
+        return real(root, run_id, spec, **kw)
+
+    monkeypatch.setattr(_submit, "create_run", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        _submit.submit_runs(planned, runs, mode="foreground")
+    assert len(made) >= 5
+    left = [p.name for p in runs.iterdir() if not p.name.startswith(("multiclass-", ".locks"))]
+    assert left == [], "a failed submission left run folders behind"
 
 
 def test_collect_adaptation_tables_by_value(lomo, tmp_path: Path) -> None:
