@@ -43,7 +43,7 @@ STALE_AFTER_S = 300.0
 # How ended jobs ended, as sacct said (hcli.scheduler); relative to the runs root.
 SCHEDULER_CACHE = Path(".cache", "scheduler.json")
 # The states whose row says why (the state's message, or what hcli concluded).
-REASON_STATES = ("FAILED", "CANCELLED", "STALE", "REQUEUED", "CANCELLING", "STOPPING")
+REASON_STATES = ("FAILED", "CANCELLED", "BLOCKED", "STALE", "REQUEUED", "CANCELLING", "STOPPING")
 # A cancelled run's job may still be saving (SLURM: COMPLETING for up to KillWait, often
 # 30-60 s); runs cancelled this recently are asked about too, so the row says CANCELLING.
 _CANCELLING_WITHIN_S = 600.0
@@ -89,10 +89,12 @@ def select_rows(
     pattern: str | None = None,
     since_s: float | None = None,
     query_scheduler: bool = True,
+    runs: set[str] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """The status rows of the runs under `root` that pass every filter, and how many runs the
     time window hid: with `since_s`, a run whose state.json says it ended (COMPLETED, FAILED,
-    CANCELLED) more than `since_s` seconds ago is counted, not shown. A run the folder calls
+    CANCELLED) more than `since_s` seconds ago is counted, not shown; `runs`: only these run
+    folders. A run the folder calls
     active is always shown, even when status finds its job long dead."""
     import time
 
@@ -112,6 +114,8 @@ def select_rows(
         if kind and v[k_kind] != kind:
             continue
         if pattern and not fnmatchcase(name, pattern):
+            continue
+        if runs is not None and name not in runs:  # a pipeline's runs (--pipeline)
             continue
         if cutoff is not None and v[k_state] in ENDED_STATES and (v[k_changed] or now) < cutoff:
             # Ended runs are shown as recorded, so the state filter applies to them here.

@@ -224,6 +224,15 @@ def test_local_pipeline_blocks_after_a_failure_and_resubmits_only_what_is_missin
     assert message.startswith(f"BLOCKED by {out['stages'][1]['runs'][0]} (FAILED)")
     status = json.loads(run_cli(["status", "--json", "--all", "--runs-dir", str(runs)]).stdout)
     assert {r["run_id"]: r["state"] for r in status}[last] == "BLOCKED"
+    grouped = json.loads(run_cli(["status", "--pipeline", "three", "--json", "--runs-dir",
+                                  str(runs)]).stdout)
+    assert [(s["stage"], s["counts"]) for s in grouped["stages"]] == [
+        ("first", {"COMPLETED": 1}), ("middle", {"FAILED": 1}), ("last", {"BLOCKED": 1})]
+    table = run_cli(["status", "--pipeline", "three", "--runs-dir", str(runs)]).stdout
+    assert "== last (multiclass) after middle: 1 BLOCKED" in table
+    assert f"BLOCKED by {out['stages'][1]['runs'][0]}" in table
+    unknown = run_cli(["status", "--pipeline", "nope", "--runs-dir", str(runs)], check=False)
+    assert unknown.returncode == 2 and "submitted: three" in unknown.stderr
 
     # The fix: a real checkpoint at the same path (the run ids do not change).
     first = runs / out["stages"][0]["runs"][0]

@@ -35,6 +35,7 @@ STATE_STYLE = {
     "FAILED": "red",
     "CANCELLED": "magenta",
     "STALE": "red",
+    "BLOCKED": "magenta",
 }
 # SGR codes, as click.style writes them: eight colours and bold are all this table needs.
 _SGR = {"red": 31, "green": 32, "yellow": 33, "magenta": 35, "cyan": 36, "bold": 1}

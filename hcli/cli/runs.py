@@ -389,6 +389,10 @@ def status(
     all_runs: Annotated[
         bool, typer.Option("--all", help="Every run, however long ago it ended.")
     ] = False,
+    pipeline: Annotated[
+        str | None, typer.Option("--pipeline", help="A submitted pipeline's runs (every one, "
+                                 "however old), grouped by stage.", show_default=False)
+    ] = None,
     runs_dir: RunsDir = None,
 ) -> None:
     """Active runs and those that ended in the last 24 h (--since, --all), each with its state,
@@ -402,6 +406,16 @@ def status(
     from hcli.status import is_pattern
 
     root = resolve_runs_dir(runs_dir)
+    if pipeline is not None:
+        from hcli.errors import UserError
+
+        if run is not None or watch or since or all_runs:
+            raise UserError("--pipeline shows every run of the pipeline; drop RUN, --watch, "
+                            "--since and --all (--kind and --state apply)")
+        from hcli.cli._pipeline_view import show_pipeline
+
+        show_pipeline(root, pipeline, kind=kind, state=state, json_out=json_out)
+        return
     pattern = run if run is not None and is_pattern(run) else None
     if run is not None and pattern is None:
         from hcli.errors import UserError
