@@ -118,10 +118,10 @@ def _check_graph(study: Study, source: str) -> None:
                 raise SpecError(f"{where}.needs: unknown stage {ref!r}; stages are "
                                 f"{', '.join(names)}")
         earlier = names[: names.index(name)]
-        for key, source in (("init_from", stage.init_from), ("from", stage.from_)):
-            if source is not None and source not in earlier:
+        for key, target in (("init_from", stage.init_from), ("from", stage.from_)):
+            if target is not None and target not in earlier:
                 raise SpecError(
-                    f"{where}.{key}: {source!r} is not a stage defined before {name!r}; "
+                    f"{where}.{key}: {target!r} is not a stage defined before {name!r}; "
                     f"{key} names an earlier stage ({', '.join(earlier) or 'none here'})"
                 )
         if (stage.kind == "adapt") != (stage.from_ is not None):
