@@ -4,6 +4,8 @@ the staged copy, and what the staging copy itself costs against the floor of a p
 The data: N noisy 2048×1536 images with masks (benchmarks/bench_loader.py's `make_sample`) in
 prepared HDF5 shards with a real manifest (sha256 per shard). The slow directories, made here:
 
+- `throttled`: ext4 on a loop device whose reads this process may issue only `--iops` times a
+  second (cgroup v1 blkio throttle): a real block device with a network disk's IOPS budget.
 - `fuse`: a real FUSE mount of the data (bindfs, `-o direct_io` so every read goes through the
   FUSE daemon, no page cache at the mount; the backing files' pages are evicted before each
   cold round). The cost of a user-space filesystem, nothing added.
@@ -14,14 +16,17 @@ prepared HDF5 shards with a real manifest (sha256 per shard). The slow directori
 
 Per slow directory: crops/s reading from it (cold) vs from the staged copy (warm: just copied,
 and cold: evicted), the staging copy (copy + sha256 while copying), the reuse check of a second
-job (sha256 of the local copy), the floor (`cp -r` of the same files from the same directory,
-and an in-memory copy of the same bytes), and the number of crops after which staging has paid.
+job (sha256 of the local copy), the floors (`cp -r` of the same files, which does not fsync;
+the staging copy's own loop without the sha256; an in-memory copy of the same bytes), and the
+number of crops after which staging has paid for itself.
 
-Needs root or FUSE access, `apt-get install fuse3 bindfs` for `fuse`, and a Python with mfusepy
-for `delay` (`--fuse-python`, e.g. a venv with `pip install mfusepy`). Not run in CI.
+Needs root (a loop device and a blkio cgroup for `throttled`), `apt-get install fuse3 bindfs`
+for `fuse`, and a Python with mfusepy for `delay` (`--fuse-python`, e.g. a venv with
+`pip install mfusepy`). Not run in CI. Figures and their reading: docs/staging.md.
 
-    .venv/bin/python benchmarks/bench_staging.py [--n 12] [--samples 150] [--delay-ms 0.5]
-        [--modes fuse,delay] [--fuse-python /tmp/fusevenv/bin/python]
+    .venv/bin/python benchmarks/bench_staging.py [--n 12] [--samples 150] [--repeats 3]
+        [--modes fuse,delay,throttled] [--iops 300] [--delay-ms 0.5]
+        [--fuse-python /tmp/fusevenv/bin/python]
 """
 
 from __future__ import annotations
@@ -32,10 +37,13 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -158,28 +166,65 @@ def _wait_mounted(mnt: Path, proc: subprocess.Popen | None = None, timeout: floa
     raise RuntimeError(f"{mnt} did not mount in {timeout} s")
 
 
-def mount(mode: str, src: Path, mnt: Path, args: argparse.Namespace) -> subprocess.Popen | None:
+@contextmanager
+def slow_dir(mode: str, src: Path, mnt: Path, args: argparse.Namespace) -> Iterator[Path]:
+    """`src` at `mnt` through the slow path of `mode`; yields the folder whose page cache must
+    be evicted for a cold read."""
     mnt.mkdir(parents=True, exist_ok=True)
+    if mode == "throttled":
+        with throttled(src, mnt, args.iops):
+            yield mnt
+        return
+    proc = None
     if mode == "fuse":
         subprocess.run(["bindfs", "-r", "-o", "direct_io", str(src), str(mnt)], check=True)
         _wait_mounted(mnt)
-        return None
-    proc = subprocess.Popen([args.fuse_python, __file__, "--serve", str(src), str(mnt),
-                             str(args.delay_ms)], stderr=subprocess.PIPE, text=True)
-    _wait_mounted(mnt, proc)
-    return proc
+    else:
+        proc = subprocess.Popen([args.fuse_python, __file__, "--serve", str(src), str(mnt),
+                                 str(args.delay_ms)], stderr=subprocess.PIPE, text=True)
+        _wait_mounted(mnt, proc)
+    try:
+        yield src
+    finally:
+        tool = "fusermount3" if shutil.which("fusermount3") else "fusermount"
+        subprocess.run([tool, "-u", str(mnt)], check=False, capture_output=True)
+        if proc is not None:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
-def unmount(mnt: Path, proc: subprocess.Popen | None) -> None:
-    for tool in ("fusermount3", "fusermount"):
-        if shutil.which(tool):
-            subprocess.run([tool, "-u", str(mnt)], check=False, capture_output=True)
-            break
-    if proc is not None:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+@contextmanager
+def throttled(src: Path, mnt: Path, iops: int) -> Iterator[None]:
+    """A copy of `src` on an ext4 loop device whose reads this process may issue only `iops`
+    times a second (cgroup v1 blkio throttle): a real block device with a network disk's IOPS
+    budget. Buffered reads are throttled in cgroup v1 (buffered writes would not be)."""
+    size = sum(p.stat().st_size for p in src.iterdir()) * 13 // 10 + (64 << 20)
+    img = mnt.with_suffix(".img")
+    with open(img, "wb") as fh:
+        fh.truncate(size)
+    loop = subprocess.run(["losetup", "-f", "--show", "--direct-io=on", str(img)], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    group = Path(f"/sys/fs/cgroup/blkio/hcli-bench-staging-{os.getpid()}")
+    try:
+        subprocess.run(["mkfs.ext4", "-q", loop], check=True)
+        subprocess.run(["mount", loop, str(mnt)], check=True)
+        for path in src.iterdir():
+            shutil.copyfile(path, mnt / path.name)
+        os.sync()
+        dev = Path(f"/sys/block/{Path(loop).name}/dev").read_text().strip()
+        group.mkdir()
+        (group / "blkio.throttle.read_iops_device").write_text(f"{dev} {iops}\n")
+        (group / "cgroup.procs").write_text(f"{os.getpid()}\n")
+        yield
+    finally:
+        Path("/sys/fs/cgroup/blkio/cgroup.procs").write_text(f"{os.getpid()}\n")
+        if group.exists():
+            group.rmdir()
+        subprocess.run(["umount", str(mnt)], check=False)
+        subprocess.run(["losetup", "-d", loop], check=False)
+        img.unlink()
 
 
 # -- measurements ---------------------------------------------------------------------------------
@@ -241,9 +286,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=12, help="images (2048×1536)")
     ap.add_argument("--shards", type=int, default=3)
     ap.add_argument("--samples", type=int, default=150, help="crops timed per round")
-    ap.add_argument("--repeats", type=int, default=2, help="rounds; the best is reported")
+    ap.add_argument("--repeats", type=int, default=2, help="crop rounds; the best is reported")
+    ap.add_argument("--copy-repeats", type=int, default=3, help="copy rounds; medians")
     ap.add_argument("--delay-ms", type=float, default=0.5, help="per-read delay of `delay`")
-    ap.add_argument("--modes", default="fuse,delay")
+    ap.add_argument("--iops", type=int, default=300, help="read IOPS of `throttled`")
+    ap.add_argument("--modes", default="fuse,delay,throttled")
     ap.add_argument("--fuse-python", default=sys.executable,
                     help="a Python with mfusepy, for the `delay` filesystem")
     ap.add_argument("--tmp", type=Path, default=None, help="where data and scratch go")
@@ -283,59 +330,82 @@ def main() -> None:
 
 def measure(mode: str, base: Path, shared: Path, manifest: Manifest, nbytes: int,
             args: argparse.Namespace) -> None:
-    from jobs.data.staging import sha256_file, stage_dataset
-
     mnt = base / f"mnt-{mode}"
     label = {"fuse": "bindfs FUSE (direct_io)",
-             "delay": f"STAND-IN delay FUSE, {args.delay_ms} ms per read"}[mode]
-    proc = mount(mode, shared, mnt, args)
-    try:
-        print(f"\n== {mode}: {label}")
-        slow = crops_per_s(mnt, manifest, args.samples, args.repeats,
-                           before=lambda: evict(shared))
-        print(f"crops from the slow directory (cold):   {slow:8.1f} crops/s")
+             "delay": f"STAND-IN delay FUSE, {args.delay_ms} ms per read",
+             "throttled": f"ext4 on a loop device throttled to {args.iops} read IOPS (blkio)"}[mode]
+    with slow_dir(mode, shared, mnt, args) as cold_dir:
+        _measure(mode, label, base, mnt, cold_dir, manifest, nbytes, args)
 
-        dst = base / f"cp-{mode}"
-        evict(shared)
-        cp = timed(lambda: subprocess.run(["cp", "-r", str(mnt), str(dst)], check=True))
+
+def _measure(mode: str, label: str, base: Path, mnt: Path, cold_dir: Path, manifest: Manifest,
+             nbytes: int, args: argparse.Namespace) -> None:
+    from jobs.data.staging import sha256_file, stage_dataset
+
+    print(f"\n== {mode}: {label}")
+    slow = crops_per_s(mnt, manifest, args.samples, args.repeats,
+                       before=lambda: evict(cold_dir))
+    print(f"crops from the slow directory (cold):   {slow:8.1f} crops/s")
+
+    # Interleaved rounds (cp, plain, staging, ...), each from a cold source into a fresh
+    # folder; medians: the machine is shared, and a burst of load then hits all three.
+    dst = base / f"cp-{mode}"
+    said: list[str] = []
+    cps, plains, stages = [], [], []
+    def settle() -> None:
+        # The previous round's writes and deletions flushed outside the timings (an fsync
+        # would otherwise pay for them), the source cold again.
+        os.sync()
+        evict(cold_dir)
+
+    def run_cp(i: int) -> None:  # cp does not fsync: a floor below any durable copy
+        cps.append(timed(lambda: subprocess.run(["cp", "-r", str(mnt), str(dst)],
+                                                check=True)))
         shutil.rmtree(dst)
-        evict(shared)
-        plain = timed(lambda: plain_copy(mnt, dst))
+
+    def run_plain(i: int) -> None:
+        plains.append(timed(lambda: plain_copy(mnt, dst)))
         shutil.rmtree(dst)
-        evict(shared)
-        scratch = base / f"scratch-{mode}"
-        said: list[str] = []
-        stage = timed(lambda: stage_dataset(mnt, scratch, say=said.append))
-        result = stage_dataset(mnt, scratch, say=said.append)  # a second job: reuse
-        assert result.staged and result.reused and result.verify_s is not None, said
-        staged = result.read_from
-        hash_s = min(timed(lambda: [sha256_file(p) for p in staged.glob("*.h5")])
-                     for _ in range(2))
-        print(f"floor: cp -r from the slow directory    {cp:8.2f} s "
-              f"({nbytes / cp / 2**20:.0f} MiB/s)")
-        print(f"floor: 8 MiB reads + write, no sha256   {plain:8.2f} s "
-              f"({nbytes / plain / 2**20:.0f} MiB/s)")
-        print(f"staging copy (+ sha256 while copying):  {stage:8.2f} s "
-              f"({nbytes / stage / 2**20:.0f} MiB/s), {stage / plain:.2f}× the plain "
-              f"copy, {stage / cp:.2f}× cp -r")
-        print(f"reuse by a second job (sha256 again):   {result.verify_s:8.2f} s; "
-              f"sha256 alone of the local copy {hash_s:.2f} s "
-              f"({nbytes / hash_s / 2**20:.0f} MiB/s)")
-        hot = crops_per_s(staged, manifest, args.samples, args.repeats,
-                          before=lambda: warm(staged))
-        cold = crops_per_s(staged, manifest, args.samples, args.repeats,
-                           before=lambda: evict(staged))
-        print(f"crops from the staged copy: warm {hot:8.1f} crops/s "
-              f"({hot / slow:.1f}× slow), cold {cold:.1f} crops/s ({cold / slow:.1f}× slow)")
-        for name, fast in (("warm", hot), ("cold", cold)):
-            gain = 1 / slow - 1 / fast
-            if gain > 0:
-                print(f"staging pays for itself after {stage / gain:.0f} crops read "
-                      f"({stage / gain / args.n:.1f} crops per image) against the {name} copy")
-            else:
-                print(f"no gain against the {name} copy: the slow directory is as fast")
-    finally:
-        unmount(mnt, proc)
+
+    def run_stage(i: int) -> None:
+        scratch = base / f"scratch-{mode}-{i}"
+        stages.append(timed(lambda: stage_dataset(mnt, scratch, say=said.append)))
+
+    methods = [run_cp, run_plain, run_stage]
+    for i in range(args.copy_repeats):
+        for k in range(len(methods)):  # each method first, second and third in turn
+            settle()
+            methods[(i + k) % len(methods)](i)
+    cp, plain, stage = (statistics.median(x) for x in (cps, plains, stages))
+    result = stage_dataset(mnt, base / f"scratch-{mode}-0", say=said.append)  # a 2nd job
+    assert result.staged and result.reused and result.verify_s is not None, said
+    staged = result.read_from
+    hash_s = statistics.median(
+        timed(lambda: [sha256_file(p) for p in staged.glob("*.h5")]) for _ in range(3))
+    print(f"copies, median of {args.copy_repeats} rounds from a cold source (order rotated):")
+    print(f"floor: cp -r (no fsync)                 {cp:8.2f} s "
+          f"({nbytes / cp / 2**20:.0f} MiB/s)")
+    print(f"floor: 8 MiB reads, write, fsync        {plain:8.2f} s "
+          f"({nbytes / plain / 2**20:.0f} MiB/s)")
+    print(f"staging copy (+ sha256 while copying):  {stage:8.2f} s "
+          f"({nbytes / stage / 2**20:.0f} MiB/s), {stage / plain:.2f}× the plain "
+          f"copy, {stage / cp:.2f}× cp -r")
+    print(f"reuse by a second job (sha256 again):   {result.verify_s:8.2f} s; "
+          f"sha256 alone of the local copy {hash_s:.2f} s "
+          f"({nbytes / hash_s / 2**20:.0f} MiB/s)")
+    hot = crops_per_s(staged, manifest, args.samples, args.repeats,
+                      before=lambda: warm(staged))
+    cold = crops_per_s(staged, manifest, args.samples, args.repeats,
+                       before=lambda: evict(staged))
+    print(f"crops from the staged copy: warm {hot:8.1f} crops/s "
+          f"({hot / slow:.1f}× slow), cold {cold:.1f} crops/s ({cold / slow:.1f}× slow)")
+    for name, fast in (("warm", hot), ("cold", cold)):
+        gain = 1 / slow - 1 / fast
+        if gain > 0:
+            print(f"staging pays for itself after {stage / gain:.0f} crops read "
+                  f"({stage / gain / args.n:.1f} crops per image) against the {name} copy")
+        else:
+            print(f"no gain against the {name} copy: the slow directory is as fast")
 
 
 if __name__ == "__main__":
