@@ -182,6 +182,7 @@ def run_bench(
     if steps < 1 or warmup < 0:
         raise SpecError(f"--steps {steps} --warmup {warmup}: need steps >= 1 and warmup >= 0")
     hardware = hardware_here()
+    _warn_if_busy(hardware.cores)
     cal = Calibration(hardware=hardware, entries=[])
     path: Path | None = None
     failed: list[str] = []
@@ -212,6 +213,19 @@ def run_bench(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return cal, path, failed
+
+
+def _warn_if_busy(cores: int) -> None:
+    """Step times on a shared CPU grow with the other processes' load (a quickstart step took
+    4.6 s at a load of 8 on this project's 2-core VM, ~0.6 s on a quiet one): say so."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return
+    if load > 0.75 * cores:
+        sys.stderr.write(f"warning: load average {load:.1f} on {cores} cores before measuring: "
+                         "other processes share this machine, so the figures are slower than "
+                         "on a quiet one\n")
 
 
 class BenchTarget:
