@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from hcli.ckpt_identity import CheckpointIdentityError, identity_mismatch
-from hcli.fsutil import atomic_write_json, fsync_dir
+from hcli.fsutil import atomic_write_json, fsync_dir, sha256_file
 
 __all__ = [
     "CheckpointIdentityError",
@@ -301,14 +301,6 @@ class _HashingWriter:
 
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _marker(path: Path) -> Path:
     return path.with_name(path.name + _MARKER_SUFFIX)
 
@@ -508,7 +500,7 @@ class CheckpointManager:
         size = path.stat().st_size
         if meta.get("size") != size:
             return f"size {size} differs from the marker's {meta.get('size')} (truncated?)"
-        if meta.get("sha256") != _file_sha256(path):
+        if meta.get("sha256") != sha256_file(path):
             return "sha256 differs from the marker's (corrupt)"
         return None
 

@@ -11,7 +11,6 @@ Layout and policy: docs/data-format.md.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections import Counter
@@ -42,7 +41,7 @@ from hcli.data.manifest import (
     load_manifest,
 )
 from hcli.errors import DataError, UserError
-from hcli.fsutil import atomic_write_json, fsync_dir, read_json
+from hcli.fsutil import atomic_write_json, fsync_dir, read_json, sha256_file
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -293,14 +292,6 @@ class ShardResult:
     reused: bool = False  # finished by an earlier run
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (min(CHUNK, shape[0]), min(CHUNK, shape[1]), *shape[2:])
 
@@ -349,7 +340,7 @@ def run_source_shard(src: SourceShard, out_dir: str | Path, max_side: int) -> Sh
             del r
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
-    entry = ShardEntry(file=name, source=src.name, samples=len(samples), sha256=_sha256(tmp))
+    entry = ShardEntry(file=name, source=src.name, samples=len(samples), sha256=sha256_file(tmp))
     os.replace(tmp, final)
     fsync_dir(out)
     atomic_write_json(_sidecar(out, src.index), {

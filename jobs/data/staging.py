@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hcli.data.manifest import MANIFEST_NAME, load_manifest
-from hcli.fsutil import fsync_dir
+from hcli.fsutil import fsync_dir, sha256_file
 from hcli.spec import Spec
 
 __all__ = [
@@ -81,14 +81,6 @@ def scratch_root(stage_dir: Path | None = None, env: Mapping[str, str] | None = 
         if env.get(name):
             return Path(env[name])
     return Path("/tmp")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def origin_of(path: Path) -> StageResult | None:
