@@ -237,20 +237,27 @@ def _run_estimate(p: PlannedRun, stage: str, costs: _Costs, limit_s: float | Non
 
 def _schedule(order: list[str], study: Study, stages: dict[str, list[RunEstimate]],
               gpus: int) -> None:
-    """Greedy list schedule: each run on the devices free first, after its stage is ready."""
+    """Greedy list schedule, as a FIFO scheduler would run the arrays: of the stages whose
+    upstream stages are placed, the one that becomes eligible first (file order on ties) puts
+    each run on the devices that free up first."""
     free = [(0.0, i) for i in range(gpus)]
     heapq.heapify(free)
     ends: dict[str, float] = {}
-    for name in order:
-        ready = max((ends[u] for u in study.stages[name].upstream()), default=0.0)
+    waiting = list(order)
+    while waiting:
+        placeable = [n for n in waiting if all(u in ends for u in study.stages[n].upstream())]
+        ready = {n: max((ends[u] for u in study.stages[n].upstream()), default=0.0)
+                 for n in placeable}
+        name = min(placeable, key=lambda n: (ready[n], order.index(n)))
+        waiting.remove(name)
         for run in stages[name]:
             need = min(run.devices, gpus)
             taken = [heapq.heappop(free) for _ in range(need)]
-            run.start_s = max(ready, max(t for t, _ in taken))
+            run.start_s = max(ready[name], max(t for t, _ in taken))
             run.slot = taken[0][1]
             for _, slot in taken:
                 heapq.heappush(free, (run.end_s, slot))
-        ends[name] = max((r.end_s for r in stages[name]), default=ready)
+        ends[name] = max((r.end_s for r in stages[name]), default=ready[name])
 
 
 def _critical_path(order: list[str], study: Study,
