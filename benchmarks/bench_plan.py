@@ -2,7 +2,7 @@
 device, run it, and compare the predicted wall time with the measured one (goal: within 25 %).
 
 Each step is what a user types, in a fresh runs root: `hcli bench --local` (the kinds the study
-uses, quickstart's model at 128 px), `hcli plan --gpus 1 --hardware cpu --json`, then
+uses, quickstart's model at 128 px), `hcli plan --gpus 1 --hardware cpu --local --json`, then
 `hcli submit pipeline --local` (one chain: one device) and waiting for every run to end; with
 `--cluster`, on the local SLURM instead, each job asking for the node exclusively, so each run
 pays its own process start as on a cluster (the test cluster's partition forces sharing,
@@ -70,7 +70,7 @@ def main() -> None:
         study = str(runs.parent / f"{STUDY}.yaml")
         Path(study).write_text(yaml.safe_dump(tree, sort_keys=False))
     plan = json.loads(_hcli("plan", study, "--gpus", "1", "--hardware", "cpu", "--json",
-                            "--runs-dir", str(runs)))
+                            *([] if args.cluster else ["--local"]), "--runs-dir", str(runs)))
     predicted = {r["run_id"]: r["total_s"] for s in plan["stages"] for r in s["run_estimates"]}
     t0 = time.time()
     _hcli("submit", "pipeline", study, "--cluster" if args.cluster else "--local",

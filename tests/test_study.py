@@ -170,6 +170,13 @@ def test_plan_arithmetic_matches_a_hand_computed_case(synth_data: Path, tmp_path
     assert plan.critical_path == ["a", "b"] and plan.critical_s == pytest.approx(
         run_s + plan.stages[1].runs[0].total_s)
 
+    # One local chain: one device, one process start for the whole study.
+    chained = plan_study(study, expand_study(study), runs, gpus=2, chain=True)
+    runs_in_order = [r for s in chained.stages for r in s.runs]
+    assert [r.startup_s for r in runs_in_order] == [5.0] + [0.0] * (len(runs_in_order) - 1)
+    assert chained.gpus == 1
+    assert chained.wall_s == pytest.approx(sum(r.total_s for r in runs_in_order))
+
 
 def test_plan_without_a_calibration_says_what_to_measure(synth_data: Path, tmp_path: Path):
     path = _write(tmp_path, {"study": "none", "defaults": _tiny(synth_data),

@@ -36,6 +36,10 @@ def plan(
         Path | None, typer.Option("--figure", help="Gantt chart PNG (default: "
                                   "reports/plan-<study>.png; '-' for none).")
     ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Plan `hcli submit pipeline --local`: one chain on "
+                           "this machine, one process start.")
+    ] = False,
     json_out: Json = False,
     runs_dir: RunsDir = None,
 ) -> None:
@@ -53,7 +57,7 @@ def plan(
         limits = {p.spec.slurm.time_min for runs in stages.values() for p in runs}
         limit = 60.0 * min(limits) if limits else None
     result = plan_study(parsed, stages, root, gpus=gpus, hardware=hardware, time_limit_s=limit,
-                        throughput=throughput)
+                        throughput=throughput, chain=local)
     if json_out:
         print_json(result.to_json())
         return

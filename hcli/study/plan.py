@@ -275,7 +275,9 @@ def _critical_path(order: list[str], study: Study,
 
 def plan_study(study: Study, planned: dict[str, list[PlannedRun]], root: Path, *, gpus: int,
                hardware: str | None = None, time_limit_s: float | None = None,
-               throughput: float | None = None) -> PlanResult:
+               throughput: float | None = None, chain: bool = False) -> PlanResult:
+    """`chain`: the runs run one after another in one process (`hcli submit pipeline --local`),
+    which starts (interpreter, imports) once instead of once per run and job."""
     costs = _Costs(root, hardware, throughput)
     specs = {p.run_id: p.spec for runs in planned.values() for p in runs}
     estimates = {
@@ -283,6 +285,12 @@ def plan_study(study: Study, planned: dict[str, list[PlannedRun]], root: Path, *
         for name, runs in planned.items()
     }
     order = list(planned)
+    if chain:
+        gpus = 1
+        first = next((r for name in order for r in estimates[name]), None)
+        for r in (r for runs in estimates.values() for r in runs if r is not first):
+            r.startup_s = 0.0
+        costs.assumptions.append("one local chain: one device, the process starts once")
     _schedule(order, study, estimates, gpus)
     path, critical = _critical_path(order, study, estimates)
     basis = ", ".join(sorted(costs.bases)) or "--throughput"
