@@ -53,7 +53,6 @@ class StageOutcome:
     resumed: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
     dependency: str | None = None
-    sbatch: str | None = None
 
 
 def record_path(root: Path, name: str) -> Path:
