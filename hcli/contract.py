@@ -323,6 +323,9 @@ class MulticlassResults(Results):
     # The run of the model.init_from chain that trained on this run's test images (e.g. an MAE
     # run with mae.images=all), from provenance.json; None when none did.
     init_transductive: str | None = None
+    # The fold had no validation images (data.val_fraction=0), so checkpoints were selected and
+    # early stopping decided on the test images: `transductive` too.
+    selected_on_test: bool = False
     val: ValSummary = Field(default_factory=ValSummary)
     compute: Compute = Field(default_factory=Compute)
     samples: list[str] = Field(default_factory=list)

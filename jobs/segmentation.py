@@ -14,7 +14,8 @@ from jobs.losses import SegLoss
 from jobs.models import build_segmenter
 from jobs.models.segmenter import Segmenter
 
-__all__ = ["build_criterion", "build_model_and_init", "init_transductive", "test_results",
+__all__ = ["SELECTED_ON_TEST", "build_criterion", "build_model_and_init", "init_transductive",
+           "test_results",
            "to_device", "transductive_line"]
 
 
@@ -80,8 +81,16 @@ def init_transductive(run_dir: Path) -> dict[str, Any]:
     return {"transductive": via is not None, "init_transductive": via}
 
 
+SELECTED_ON_TEST = ("TRANSDUCTIVE: the fold has no validation images (data.val_fraction=0), so "
+                    "checkpoints are selected on its test images; the score is not a held-out "
+                    "score")
+
+
 def transductive_line(results: dict[str, Any]) -> str | None:
-    """The log's loud line for a score whose test images an init_from source trained on."""
+    """The log's loud line for a score whose test images were seen before it: by an init_from
+    source, or by checkpoint selection (no validation images)."""
+    if results.get("selected_on_test"):
+        return SELECTED_ON_TEST
     via = results.get("init_transductive")
     if via is None:
         return None

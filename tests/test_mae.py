@@ -319,11 +319,14 @@ def transductive_chain(synth_data: Path, tmp_path_factory: pytest.TempPathFactor
     clean, clean_log = _submit(runs, "multiclass", *tiny(f"model.init_from={mae_train.name}"))
     adapted, _ = _submit(runs, "adapt", "--from", tuned.name, "-o", "adapt.shots=3",
                          "-o", "adapt.steps=2")
+    # No validation images: checkpoints are selected on the test images, which is said loudly.
+    on_test, on_test_log = _submit(runs, "multiclass", *tiny("data.val_fraction=0"))
     report = runs.parent / "report"
     run_cli(["collect", "--runs-dir", str(runs), "--out", str(report), "--format", "json",
              "--no-figures"])
     return {"mae_all": mae_all, "mae_train": mae_train, "tuned": tuned, "clean": clean,
-            "adapted": adapted, "report": report, "log": log, "clean_log": clean_log}
+            "adapted": adapted, "report": report, "log": log, "clean_log": clean_log,
+            "on_test": on_test, "on_test_log": on_test_log}
 
 
 def _results(run: Path) -> dict:
@@ -348,6 +351,18 @@ def test_fine_tuning_from_a_transductive_mae_run_says_so_in_its_results(transduc
     assert "TRANSDUCTIVE" not in c["clean_log"]
 
 
+def test_selecting_checkpoints_on_test_images_is_transductive(transductive_chain):
+    c = transductive_chain
+    res = _results(c["on_test"])
+    assert res["selected_on_test"] is True and res["transductive"] is True
+    assert res["init_transductive"] is None
+    assert "TRANSDUCTIVE: the fold has no validation images" in c["on_test_log"]
+    assert _results(c["clean"])["selected_on_test"] is False
+    assert "no validation images" not in c["clean_log"]
+    rows = {r["run_id"]: r for r in _rows(c["report"], "runs")}
+    assert rows[c["on_test"].name]["transductive"] == "selected on test"
+
+
 def test_adaptation_of_such_a_run_carries_the_flag(transductive_chain):
     c = transductive_chain
     res = _results(c["adapted"])
@@ -365,7 +380,7 @@ def test_collect_marks_the_transductive_rows(transductive_chain):
     assert rows[c["clean"].name]["transductive"] is None
     assert rows[c["mae_train"].name]["transductive"] is None
     starts = {r["start"] for r in _rows(c["report"], "init_ablation")}
-    assert starts == {"MAE", "MAE (transductive)"}
+    assert starts == {"MAE", "MAE (transductive)", "scratch"}  # scratch: the val_fraction=0 run
     assert {r["approach"] for r in _rows(c["report"], "adaptation")} == {"ERM (transductive)"}
 
 

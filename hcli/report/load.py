@@ -403,6 +403,8 @@ def load_run(folder: Path) -> RunRecord:
         own = {"mae": "mae.images=all", "meta": "meta.train_on=all"}.get(rec.kind)
         if own == "meta.train_on=all" and flat.get("meta.train_on") != "all":
             own = None
+        if getattr(results, "selected_on_test", False):
+            own = "selected on test"
         rec.transductive = own or f"init {via}"
     if isinstance(results, AdaptResults):
         rec.adapt = {k: getattr(results, k) for k in (

@@ -182,6 +182,7 @@ class AdaptTask(Task):
         a, src = self.spec.adapt, self.source.results() or {}
         init = init_transductive(self.env.run_dir)  # a chain run (meta, MAE) saw the query
         return {
+            "selected_on_test": False,
             "split": "held-out query (support excluded)",
             "protocol": self.spec.data.protocol,
             "fold": self.spec.data.fold,

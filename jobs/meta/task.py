@@ -284,6 +284,7 @@ class MetaTask(Task):
             **test_results(self.spec, self.fold, metrics, samples, _TEST_KEYS),
             **init,
             "transductive": self.transductive or init["transductive"],
+            "selected_on_test": False,  # validation: the training domains' own images
             "in_domain_miou": in_domain,
             "meta": {
                 "algorithm": meta.algorithm,

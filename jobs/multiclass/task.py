@@ -31,6 +31,7 @@ from jobs.models.prototypes import (
 from jobs.models.segmenter import Segmenter
 from jobs.multiclass.evaluate import evaluate, save_samples
 from jobs.segmentation import (
+    SELECTED_ON_TEST,
     build_criterion,
     build_model_and_init,
     init_transductive,
@@ -79,6 +80,8 @@ class MulticlassTask(Task):
             target_lut=lut if spec.model.hierarchical else None,
         )
         self.val_set = build_eval_dataset(spec, self.manifest, self.fold.val or self.fold.test)
+        if not self.fold.val and self.env.is_main:
+            print(SELECTED_ON_TEST, flush=True)  # and in results.json (selected_on_test)
         self.test_set = build_eval_dataset(spec, self.manifest, self.fold.test)
         return {"train": Feed(loader, sampler)}
 
@@ -210,9 +213,11 @@ class MulticlassTask(Task):
             save_attention_figures(model, self.test_set, self.spec.data.crop_size,
                                    self.env.run_dir / "figures" / "prototypes", self.env.device,
                                    self.spec.train.overlays, list(CLASS_NAMES))
+        seen = init_transductive(self.env.run_dir)
+        on_test = not self.fold.val
         return {
             **test_results(self.spec, self.fold, metrics, samples, _TEST_KEYS),
-            **init_transductive(self.env.run_dir),
+            **seen, "transductive": seen["transductive"] or on_test, "selected_on_test": on_test,
         }
 
     def report(self, results: dict[str, Any]) -> None:
