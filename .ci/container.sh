@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Opt-in: build the job image from containers/Dockerfile with podman and run it. Not part of
-# .ci/run (see containers/README.md for how long it takes and why).
+# Build the job image from containers/Dockerfile with podman and run it: the last step of
+# .ci/run (containers/README.md says how long it takes).
 #
 # No container registry is reachable here, so the Dockerfile's base (python:3.11-slim-bookworm)
 # cannot be pulled. A stand-in with the same name is made locally from Debian's own packages:
