@@ -36,7 +36,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 test: install lint  # everything: lint, mypy, and the `slow` and `slurm` tests (~12 min)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=25
 
 # The edit-test loop (< 3 min): no `slow` tests, no `slurm` tests, no lint. Needs no SLURM.
 test-fast: install
