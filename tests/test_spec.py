@@ -133,7 +133,6 @@ def test_overrides_typed_and_alias(tmp_path):
 
 def test_every_shipped_config_validates():
     from hcli.spec import CONFIGS_DIR
-
     from hcli.study import expand_study, load_study
 
     configs = sorted(CONFIGS_DIR.glob("*.yaml"))
