@@ -150,6 +150,9 @@ def submit(
         if config or backbone or override or force or after or max_parallel or from_runs:
             raise UserError("hcli submit pipeline takes its stages from the study file; only "
                             "--cluster/--local, --dry-run, --json and --runs-dir apply")
+        if not study:
+            raise UserError("hcli submit pipeline needs a study file: hcli submit pipeline "
+                            "configs/study_poc6.yaml")
         submit_pipeline_cmd(
             study, mode="slurm" if dry_run and not local else _mode(cluster, local, foreground),
             dry_run=dry_run, json_out=json_out, root=resolve_runs_dir(runs_dir),

@@ -89,17 +89,13 @@ def plan(
         console.print(f"figure: {path}")
 
 
-def submit_pipeline_cmd(study: str | None, *, mode: str, dry_run: bool, json_out: bool,
+def submit_pipeline_cmd(study: str, *, mode: str, dry_run: bool, json_out: bool,
                         root: Path, check: Callable[..., None]) -> None:
     """`hcli submit pipeline STUDY`; `check(planned, root, slurm=, dry_run=, force=)` is the
     submit command's preflight, applied to every stage's runs before anything is queued."""
-    from hcli.errors import UserError
     from hcli.study import expand_study, load_study
     from hcli.study._pipeline import submit_pipeline
 
-    if not study:
-        raise UserError("hcli submit pipeline needs a study file: hcli submit pipeline "
-                        "configs/study_poc6.yaml")
     parsed, file = load_study(study)
     stages = expand_study(parsed)
     outcomes = submit_pipeline(parsed, file, stages, root, mode=mode, dry_run=dry_run,

@@ -157,8 +157,9 @@ class _Costs:
         where = f" on {self.hardware}" if self.hardware else ""
         return UserError(
             f"no calibration for {what}{where}; measure it with `hcli bench --kinds {kind} "
-            f"--backbone {spec.model.backbone} --crop {spec.data.crop_size}` on that hardware, "
-            "or give --throughput SAMPLES_PER_S"
+            f"--backbone {spec.model.backbone} --crop {spec.data.crop_size} --amp {_amp(spec)}`"
+            + (" with the -c/-o that shrink it" if spec.model.encoder_kwargs else "")
+            + " on that hardware, or give --throughput SAMPLES_PER_S"
         )
 
     def train(self, spec: Spec, kind: str) -> tuple[float, float]:
