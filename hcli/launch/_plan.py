@@ -10,7 +10,8 @@ from hcli.errors import SpecError
 from hcli.identity import run_id
 from hcli.spec import Spec, load_spec, resolve_paths
 
-__all__ = ["PlannedRun", "expand_sweep", "plan_adapt", "plan_runs", "split_top_level"]
+__all__ = ["PlannedRun", "adapt_runs", "expand_sweep", "plan_adapt", "plan_runs",
+           "split_top_level"]
 
 
 @dataclass(frozen=True)
@@ -118,14 +119,23 @@ def plan_adapt(
     if any(o.partition("=")[0].strip() == "adapt.source_run" for o in overrides or []):
         raise SpecError("adapt.source_run is set by --from; drop -o adapt.source_run")
     planned: dict[str, PlannedRun] = {}
+    combos = expand_sweep(overrides or [])
     for ref in sources:
         run, source = source_of(ref, root)
-        # The source's sections whole, as one layer (its spec.yaml is parsed once, not per run).
-        base = {k: v for k, v in source.model_dump(mode="json").items() if k != "kind"}
-        for combo in expand_sweep(overrides or []):
-            spec = resolve_paths(load_spec(
-                kind="adapt", flags=base, overrides=[f"adapt.source_run={run.run_id}", *combo],
-            ))
-            rid = run_id(spec)
-            planned.setdefault(rid, PlannedRun(rid, spec))
+        for p in adapt_runs(run.run_id, source, combos):
+            planned.setdefault(p.run_id, p)
     return list(planned.values())
+
+
+def adapt_runs(source_id: str, source: Spec, combos: list[list[str]]) -> list[PlannedRun]:
+    """The adaptation runs of one source: its spec with `kind: adapt`, `adapt.source_run` and
+    each override set of `combos` (`hcli submit adapt --from` and pipeline stages alike)."""
+    # The source's sections whole, as one layer (its spec.yaml is parsed once, not per run).
+    base = {k: v for k, v in source.model_dump(mode="json").items() if k != "kind"}
+    out = []
+    for combo in combos:
+        spec = resolve_paths(load_spec(
+            kind="adapt", flags=base, overrides=[f"adapt.source_run={source_id}", *combo],
+        ))
+        out.append(PlannedRun(run_id(spec), spec))
+    return out

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from hcli.errors import SpecError
-from hcli.identity import run_id
-from hcli.launch._plan import PlannedRun, plan_runs
-from hcli.spec import Spec, load_spec, resolve_paths
+from hcli.launch._plan import PlannedRun, adapt_runs, plan_runs
+from hcli.spec import Spec
 from hcli.spec._sweep import _as_override
 from hcli.study._schema import Stage, Study
 
@@ -77,13 +76,8 @@ def _adapt(study: Study, stage: Stage, sources: list[PlannedRun]) -> list[Planne
                 f"stages.{stage.from_}: its runs use data.protocol={source.spec.data.protocol}, "
                 f"which holds out no domain to adapt to; use one of {', '.join(LODO_PROTOCOLS)}"
             )
-        base = {k: v for k, v in source.spec.model_dump(mode="json").items() if k != "kind"}
-        for combo in _combos(study, stage):
-            spec = resolve_paths(load_spec(
-                kind="adapt", flags=base, overrides=[f"adapt.source_run={source.run_id}", *combo],
-            ))
-            rid = run_id(spec)
-            planned.setdefault(rid, PlannedRun(rid, spec))
+        for p in adapt_runs(source.run_id, source.spec, _combos(study, stage)):
+            planned.setdefault(p.run_id, p)
     return list(planned.values())
 
 

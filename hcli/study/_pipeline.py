@@ -27,7 +27,7 @@ from hcli.errors import ClusterError
 from hcli.fsutil import atomic_write_json, read_json
 from hcli.launch._plan import PlannedRun
 from hcli.runs import ACTIVE_STATES, Run, now_iso, run_lock
-from hcli.study._schema import Study
+from hcli.study._schema import Study, dependants
 
 __all__ = [
     "PIPELINES",
@@ -87,18 +87,6 @@ def records(root: Path) -> list[dict[str, Any]]:
     return [r for r in found if r is not None]
 
 
-def _dependant_stages(stages: dict[str, Any], stage: str) -> list[str]:
-    out: list[str] = []
-    frontier = [stage]
-    while frontier:
-        current = frontier.pop()
-        for name, s in stages.items():
-            if current in s.get("needs", []) and name not in out:
-                out.append(name)
-                frontier.append(name)
-    return out
-
-
 def block_dependants(root: Path, run_id: str, why: str) -> list[str]:
     """Mark BLOCKED every waiting run of the stages that wait for `run_id`'s stage, and cancel
     their jobs; returns their ids. Never raises for a dependant it cannot reach: the run that
@@ -110,7 +98,8 @@ def block_dependants(root: Path, run_id: str, why: str) -> list[str]:
         stages = record["stages"]
         own = [name for name, s in stages.items() if run_id in s.get("runs", [])]
         for stage in own:
-            for dependant in _dependant_stages(stages, stage):
+            needs = {name: s.get("needs", []) for name, s in stages.items()}
+            for dependant in dependants(needs, stage):
                 for rid in stages[dependant].get("runs", []):
                     run = Run(root / rid)
                     if not run.state_path.exists():

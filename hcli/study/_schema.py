@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import graphlib
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hcli.errors import SpecError
 
-__all__ = ["DEFAULT_MATCH", "Stage", "Study", "load_study"]
+__all__ = ["DEFAULT_MATCH", "Stage", "Study", "dependants", "load_study"]
 
 #: Fields on which a run and the upstream run it starts from (`init_from`) must agree.
 DEFAULT_MATCH = ("model.backbone", "data.protocol", "data.k", "data.fold")
@@ -88,16 +89,23 @@ class Study(BaseModel):
         return placed
 
     def dependants(self, stage: str) -> list[str]:
-        """Stages that wait, directly or not, for `stage`."""
-        out: list[str] = []
-        frontier = [stage]
-        while frontier:
-            current = frontier.pop()
-            for name, s in self.stages.items():
-                if current in s.upstream() and name not in out:
-                    out.append(name)
-                    frontier.append(name)
-        return [n for n in self.order() if n in out]
+        """Stages that wait, directly or not, for `stage`, in order."""
+        found = dependants({n: s.upstream() for n, s in self.stages.items()}, stage)
+        return [n for n in self.order() if n in found]
+
+
+def dependants(needs: Mapping[str, Iterable[str]], stage: str) -> list[str]:
+    """Stages that wait, directly or not, for `stage`, given what each stage needs (a study's
+    stages, or a submitted pipeline's record)."""
+    out: list[str] = []
+    frontier = [stage]
+    while frontier:
+        current = frontier.pop()
+        for name, upstream in needs.items():
+            if current in upstream and name not in out:
+                out.append(name)
+                frontier.append(name)
+    return out
 
 
 def _check_graph(study: Study, source: str) -> None:
